@@ -1,0 +1,167 @@
+//! AWS behind one narrow trait: what the operator asks of EC2, SSM Run Command and Parameter Store.
+//!
+//! [`sdk::SdkAws`] is the real implementation (aws-sdk-ec2 / aws-sdk-ssm); tests run it against moto
+//! and the fleet simulator. Every call names an [`AwsScope`] (region, role) so that a tenant in
+//! another account is reached with its own credentials.
+
+pub mod sdk;
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+
+/// Where a call goes: the region and the role assumed for it (`None`: the operator's own).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AwsScope {
+    /// Region; the operator's default when `None`.
+    pub region: Option<String>,
+    /// Role to assume; the operator's own credentials when `None`.
+    pub assume_role_arn: Option<String>,
+}
+
+/// How to find instances.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceQuery {
+    /// Exact instance ids (empty: any).
+    pub ids: Vec<String>,
+    /// Tags that must all match.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// An EC2 instance as DescribeInstances reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// Instance id.
+    pub id: String,
+    /// `running`, `stopped`, ...
+    pub state: String,
+    /// Its tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// SSM agent state of an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ping {
+    /// The agent answers.
+    Online,
+    /// The agent has not checked in.
+    ConnectionLost,
+    /// Not registered with SSM at all.
+    Unknown,
+}
+
+/// State of one command on one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InvocationStatus {
+    /// Not yet delivered.
+    Pending,
+    /// Running.
+    InProgress,
+    /// Exit code 0.
+    Success,
+    /// Non-zero exit code.
+    Failed,
+    /// The command ran out of time on the host.
+    TimedOut,
+    /// Never delivered in time.
+    DeliveryTimedOut,
+    /// Cancelled.
+    Cancelled,
+    /// The instance cannot receive commands.
+    Undeliverable,
+    /// Anything else SSM may say.
+    Other(String),
+}
+
+impl InvocationStatus {
+    /// Parses SSM's status string.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "Pending" | "Delayed" => Self::Pending,
+            "InProgress" | "Cancelling" => Self::InProgress,
+            "Success" => Self::Success,
+            "Failed" => Self::Failed,
+            "TimedOut" => Self::TimedOut,
+            "DeliveryTimedOut" => Self::DeliveryTimedOut,
+            "Cancelled" => Self::Cancelled,
+            "Undeliverable" | "Terminated" | "InvalidPlatform" | "AccessDenied" => Self::Undeliverable,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    /// Whether the invocation will not change any more.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Self::Pending | Self::InProgress)
+    }
+}
+
+/// One command's result on one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invocation {
+    /// Status.
+    pub status: InvocationStatus,
+    /// stdout (SSM keeps the first 24,000 characters).
+    pub stdout: String,
+    /// stderr (first 8,000 characters).
+    pub stderr: String,
+}
+
+/// A command to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendCommand {
+    /// Document name.
+    pub document: String,
+    /// Document version.
+    pub document_version: String,
+    /// Up to 50 instances.
+    pub instances: Vec<String>,
+    /// Document parameters (never a user-controlled value).
+    pub parameters: BTreeMap<String, String>,
+    /// Comment (the intent token travels here; at most 100 characters).
+    pub comment: String,
+    /// Execution timeout on the host.
+    pub timeout_seconds: i32,
+}
+
+/// A failed AWS call, by what the caller should do about it.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AwsError {
+    /// Throttled: back off and try again; never a tenant failure.
+    #[error("throttled by AWS: {0}")]
+    Throttled(String),
+    /// The thing asked for does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request was refused as invalid.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// Credentials or permissions.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// Anything else (network, service error).
+    #[error("AWS call failed: {0}")]
+    Other(String),
+}
+
+/// The narrow interface the controllers use.
+#[async_trait]
+pub trait Aws: Send + Sync + 'static {
+    /// EC2 DescribeInstances (not terminated).
+    async fn describe_instances(&self, scope: &AwsScope, query: &InstanceQuery) -> Result<Vec<InstanceInfo>, AwsError>;
+    /// SSM DescribeInstanceInformation for these instances.
+    async fn ping(&self, scope: &AwsScope, ids: &[String]) -> Result<BTreeMap<String, Ping>, AwsError>;
+    /// Creates or updates the operator's Command document so that its default version has this
+    /// content; returns that version.
+    async fn ensure_document(&self, scope: &AwsScope, name: &str, content: &str) -> Result<String, AwsError>;
+    /// SendCommand; returns the command id.
+    async fn send_command(&self, scope: &AwsScope, cmd: &SendCommand) -> Result<String, AwsError>;
+    /// ListCommands for this instance, finding the one whose comment carries `token`.
+    async fn find_command(&self, scope: &AwsScope, instance: &str, token: &str) -> Result<Option<String>, AwsError>;
+    /// GetCommandInvocation (`None` while SSM does not know the invocation yet).
+    async fn invocation(&self, scope: &AwsScope, command_id: &str, instance: &str) -> Result<Option<Invocation>, AwsError>;
+    /// PutParameter as a SecureString that must not exist yet (revisions are immutable).
+    async fn put_secure_parameter(&self, scope: &AwsScope, name: &str, value: &str) -> Result<(), AwsError>;
+    /// Parameter names under a path (recursive).
+    async fn list_parameters(&self, scope: &AwsScope, path: &str) -> Result<Vec<String>, AwsError>;
+    /// DeleteParameters.
+    async fn delete_parameters(&self, scope: &AwsScope, names: &[String]) -> Result<(), AwsError>;
+}

@@ -1,0 +1,6 @@
+//! Pure decisions over plain data: no Kubernetes client, no AWS, no clock of their own.
+//!
+//! Everything here takes the time as an argument so that tests run on a fixed clock.
+
+pub mod conditions;
+pub mod report;

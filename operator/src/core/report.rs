@@ -1,0 +1,167 @@
+//! The host agent's report: one compact JSON line on stdout.
+
+use crate::crd::{HostObservation, Slot, SlotObservation};
+use serde::Deserialize;
+
+/// What the agent printed, as sent.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostReport {
+    /// Report format version.
+    pub v: u32,
+    /// Agent (document) version.
+    pub agent: String,
+    /// The action that ran.
+    pub action: String,
+    /// Revision the command carried.
+    #[serde(default)]
+    pub revision: String,
+    /// `ok` or `error` (then `detail` says why).
+    pub status: String,
+    /// Short machine-readable detail (`bad-revision`, `health-failed`, ...).
+    #[serde(default)]
+    pub detail: String,
+    /// The org slug the host believes it serves.
+    #[serde(default)]
+    pub org: String,
+    /// An applied-revision marker exists.
+    #[serde(default)]
+    pub managed: bool,
+    /// Last applied revision.
+    #[serde(default)]
+    pub applied: String,
+    /// Active slot (empty when none).
+    #[serde(default)]
+    pub active: String,
+    /// Per slot.
+    pub slots: ReportSlots,
+    /// Running containers the operator did not start.
+    #[serde(default)]
+    pub unmanaged_containers: u32,
+}
+
+/// Both slots.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ReportSlots {
+    /// Blue.
+    pub blue: Option<ReportSlot>,
+    /// Green.
+    pub green: Option<ReportSlot>,
+}
+
+/// One slot.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportSlot {
+    /// Container name.
+    pub container: String,
+    /// The process runs.
+    pub running: bool,
+    /// Digest label (`invalid` when the label was tampered with).
+    pub digest: String,
+    /// Env revision label.
+    pub env_revision: String,
+    /// `healthy`, `unhealthy`, `unknown`.
+    pub health: String,
+}
+
+/// Why a report could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReportError {
+    /// stdout had no JSON line.
+    #[error("the host printed no report")]
+    Empty,
+    /// The line did not parse.
+    #[error("the host's report does not parse: {0}")]
+    Malformed(String),
+}
+
+impl HostReport {
+    /// Parses the last non-empty line of stdout (the agent prints exactly one).
+    pub fn parse(stdout: &str) -> Result<HostReport, ReportError> {
+        let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).ok_or(ReportError::Empty)?;
+        serde_json::from_str(line.trim()).map_err(|e| ReportError::Malformed(e.to_string()))
+    }
+
+    /// The active slot, if the host names one.
+    pub fn active_slot(&self) -> Option<Slot> {
+        match self.active.as_str() {
+            "blue" => Some(Slot::Blue),
+            "green" => Some(Slot::Green),
+            _ => None,
+        }
+    }
+
+    /// The slot that serves: the active one, or for a host without a router the only running slot.
+    pub fn serving_slot(&self) -> Option<(Slot, &ReportSlot)> {
+        if let Some(s) = self.active_slot() {
+            return self.slot(s).map(|r| (s, r));
+        }
+        [Slot::Blue, Slot::Green].into_iter().find_map(|s| self.slot(s).filter(|r| r.running).map(|r| (s, r)))
+    }
+
+    /// One slot's report.
+    pub fn slot(&self, slot: Slot) -> Option<&ReportSlot> {
+        match slot {
+            Slot::Blue => self.slots.blue.as_ref(),
+            Slot::Green => self.slots.green.as_ref(),
+        }
+    }
+
+    /// The status view of this report.
+    pub fn to_observation(&self, observed_at: String) -> HostObservation {
+        let conv = |s: &ReportSlot| SlotObservation {
+            container: non_empty(&s.container),
+            digest: non_empty(&s.digest),
+            env_revision: non_empty(&s.env_revision),
+            running: s.running,
+            health: non_empty(&s.health),
+        };
+        HostObservation {
+            active_slot: self.serving_slot().map(|(s, _)| s),
+            blue: self.slots.blue.as_ref().map(conv),
+            green: self.slots.green.as_ref().map(conv),
+            applied_revision: non_empty(&self.applied),
+            managed: self.managed,
+            observed_at: Some(observed_at),
+        }
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    if s.is_empty() { None } else { Some(s.to_string()) }
+}
+
+/// `sha256:0123456789abcdef...` → `0123456789ab`.
+pub fn short_digest(digest: &str) -> String {
+    digest.strip_prefix("sha256:").unwrap_or(digest).chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn parses_the_agent_line_and_finds_the_serving_slot() {
+        let out = format!(
+            "noise before\n{{\"v\":1,\"agent\":\"3\",\"action\":\"observe\",\"revision\":\"\",\"status\":\"ok\",\"detail\":\"\",\"org\":\"acme\",\"managed\":false,\"applied\":\"\",\"active\":\"\",\"slots\":{{\"blue\":{{\"container\":\"app-blue\",\"running\":true,\"digest\":\"{D}\",\"envRevision\":\"\",\"health\":\"healthy\"}},\"green\":null}},\"unmanagedContainers\":0}}\n"
+        );
+        let r = HostReport::parse(&out).unwrap();
+        assert_eq!(r.org, "acme");
+        let (slot, s) = r.serving_slot().unwrap();
+        assert_eq!(slot, Slot::Blue);
+        assert_eq!(s.digest, D);
+        let o = r.to_observation("2026-01-01T00:00:00Z".into());
+        assert_eq!(o.active_slot, Some(Slot::Blue));
+        assert_eq!(o.blue.unwrap().env_revision, None);
+        assert_eq!(short_digest(D), "0123456789ab");
+    }
+
+    #[test]
+    fn rejects_empty_and_garbage() {
+        assert_eq!(HostReport::parse("\n\n"), Err(ReportError::Empty));
+        assert!(matches!(HostReport::parse("{not json"), Err(ReportError::Malformed(_))));
+    }
+}

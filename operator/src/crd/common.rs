@@ -1,0 +1,98 @@
+//! Types and schema helpers shared by the three kinds.
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// `sha256:` followed by 64 lower-case hex digits.
+pub const DIGEST_PATTERN: &str = "^sha256:[a-f0-9]{64}$";
+/// A DNS-1123 label (what a tenant slug must be).
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A DNS-1123 subdomain (names of other objects).
+pub const OBJECT_NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A Go-style duration of whole units: `90s`, `5m`, `1h30m`, `250ms`.
+pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
+
+/// A duration written as Kubernetes writes them (`30s`, `5m`, `1h30m`), never negative.
+///
+/// Seconds are accepted everywhere so that tests and demos can run fast.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Duration(pub kube::core::Duration);
+
+impl Duration {
+    /// Parses a duration; panics never, returns an error for a malformed value.
+    pub fn parse(s: &str) -> Result<Self, kube::core::duration::ParseError> {
+        s.parse::<kube::core::Duration>().map(Duration)
+    }
+
+    /// The duration as a standard one (negative values, which the schema forbids, become zero).
+    pub fn as_std(&self) -> std::time::Duration {
+        std::time::Duration::try_from(self.0).unwrap_or_default()
+    }
+
+    pub(crate) fn from_secs(secs: u64) -> Self {
+        Duration(kube::core::Duration::from(std::time::Duration::from_secs(secs)))
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": 32,
+        })
+    }
+}
+
+/// A reference to a Secret in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalSecretRef {
+    /// Name of the Secret, in the namespace of the object that refers to it.
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// One key of a Secret in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the namespace of the object that refers to it.
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(regex(pattern = "^[-._a-zA-Z0-9]+$"), length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A one-shot request made by annotation: `fleet.molecule.ai/<verb>: <token>`.
+///
+/// The token is echoed in status once the request has been handled, so a request acts exactly once
+/// even when the annotation stays (the pattern Flux uses for `reconcile.fluxcd.io/requestedAt`).
+pub const REQUEST_ANNOTATION_PREFIX: &str = "fleet.molecule.ai/";
+
+/// kstatus condition types used on every kind.
+pub mod condition {
+    /// The object is in its desired state.
+    pub const READY: &str = "Ready";
+    /// The controller is working towards the desired state.
+    pub const RECONCILING: &str = "Reconciling";
+    /// The controller cannot make progress without a change from outside.
+    pub const STALLED: &str = "Stalled";
+    /// The tenant's instance was found and its SSM agent answers.
+    pub const INSTANCE_REACHABLE: &str = "InstanceReachable";
+    /// The host runs the target image digest.
+    pub const IMAGE_UP_TO_DATE: &str = "ImageUpToDate";
+    /// Every referenced Secret and key exists and is in the target revision.
+    pub const SECRETS_SYNCED: &str = "SecretsSynced";
+}

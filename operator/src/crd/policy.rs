@@ -1,0 +1,250 @@
+//! `RolloutPolicy`: how a change reaches the tenants that use it.
+
+use super::common::*;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How revisions roll out to the tenants that name this policy.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "fleet.molecule.ai",
+    version = "v1alpha1",
+    kind = "RolloutPolicy",
+    plural = "rolloutpolicies",
+    namespaced,
+    status = "RolloutPolicyStatus",
+    shortname = "rp",
+    category = "fleet",
+    printcolumn(json_path = ".spec.strategy", name = "Strategy", type_ = "string"),
+    printcolumn(json_path = ".status.phase", name = "Phase", type_ = "string"),
+    printcolumn(json_path = ".status.conditions[?(@.type==\"Ready\")].status", name = "Ready", type_ = "string"),
+    printcolumn(json_path = ".metadata.creationTimestamp", name = "Age", type_ = "date")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutPolicySpec {
+    /// `InPlace` (brief downtime) or `BlueGreen` (idle slot, health check, router switch).
+    #[serde(default)]
+    pub strategy: Strategy,
+
+    /// BlueGreen: how long the previous slot stays warm for an instant switch-back.
+    #[serde(default = "default_keep_previous")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub keep_previous_slot_seconds: i32,
+
+    /// Most tenants moving at once per batch: a count (`3`) or a percentage of the tier (`25%`).
+    #[serde(default = "default_max_concurrency")]
+    #[schemars(schema_with = "int_or_percent_schema")]
+    pub max_concurrency: IntOrString,
+
+    /// Pause between batches.
+    #[serde(default = "default_stagger")]
+    pub stagger: Duration,
+
+    /// The canary gate.
+    #[serde(default)]
+    pub canary: CanaryGate,
+
+    /// Health check after each apply.
+    #[serde(default)]
+    pub health_check: HealthCheck,
+
+    /// HTTP checks after the health check, by path only, against the slot's local port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))").message("smoke check names must be unique"))]
+    pub smoke_checks: Vec<SmokeCheck>,
+
+    /// Failed tenants tolerated before the rollout halts.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10000))]
+    pub max_errors: i32,
+}
+
+fn default_keep_previous() -> i32 {
+    600
+}
+fn default_max_concurrency() -> IntOrString {
+    IntOrString::Int(1)
+}
+fn default_stagger() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn int_or_percent_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "x-kubernetes-validations": [{
+            "rule": "type(self) == int ? self >= 1 : (self.matches('^[0-9]{1,3}%$') && int(self.replace('%', '')) >= 1 && int(self.replace('%', '')) <= 100)",
+            "message": "must be a count of at least 1 or a percentage from 1% to 100%"
+        }]
+    })
+}
+
+/// Rollout strategy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Strategy {
+    /// Pull by digest, stop, run, health check: brief downtime.
+    #[default]
+    InPlace,
+    /// Start the idle slot, health check, switch the router; the old slot stays warm.
+    BlueGreen,
+}
+
+/// The canary gate: what must hold before production moves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryGate {
+    /// Canary tenants that must run the revision verified.
+    #[serde(default = "default_min_canaries")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_canaries: i32,
+    /// How long they must stay healthy (health re-sampled throughout).
+    #[serde(default = "default_soak")]
+    pub soak: Duration,
+    /// How often health is re-sampled during the soak.
+    #[serde(default = "default_sample")]
+    pub sample_interval: Duration,
+    /// Let production move when there are fewer canaries than `minCanaries` (otherwise `NoCanaries`).
+    #[serde(default)]
+    pub allow_skip: bool,
+}
+
+impl Default for CanaryGate {
+    fn default() -> Self {
+        CanaryGate {
+            min_canaries: default_min_canaries(),
+            soak: default_soak(),
+            sample_interval: default_sample(),
+            allow_skip: false,
+        }
+    }
+}
+fn default_min_canaries() -> i32 {
+    1
+}
+fn default_soak() -> Duration {
+    Duration::from_secs(1800)
+}
+fn default_sample() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The health check after an apply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Path on the slot's local port; the tenant's `container.healthPath` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"), length(max = 256))]
+    pub path: Option<String>,
+    /// How long to wait for a 200.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck { path: None, timeout: default_health_timeout() }
+    }
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// One HTTP smoke check, by path only, against the slot's local port. Redirects are not followed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmokeCheck {
+    /// Name, unique in the policy.
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 63))]
+    pub name: String,
+    /// Path (and query) on the slot's local port. Never a URL.
+    #[schemars(regex(pattern = "^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*$"), length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("!self.startsWith('//')").message("path may not start with '//' (that would name another host)"))]
+    pub path: String,
+    /// `GET` or `HEAD`.
+    #[serde(default)]
+    pub method: SmokeMethod,
+    /// Expected HTTP status.
+    #[schemars(range(min = 100, max = 599))]
+    pub expect_status: i32,
+    /// Send `Authorization: Bearer <value>` with this key of the tenant's own env (from its Secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[A-Za-z_][A-Za-z0-9_]*$"), length(max = 128))]
+    pub bearer_env: Option<String>,
+}
+
+/// HTTP method of a smoke check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SmokeMethod {
+    /// GET.
+    #[default]
+    Get,
+    /// HEAD.
+    Head,
+}
+
+/// Counts for one tier of a rollout.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TierProgress {
+    /// Tenants that run the revision verified.
+    pub moved: i32,
+    /// Tenants in the tier.
+    pub total: i32,
+    /// Tenants that failed verification.
+    pub failed: i32,
+}
+
+/// One rollout: (policy, channel, revision).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Channel.
+    pub channel: String,
+    /// Digest rolling out.
+    pub digest: String,
+    /// `Canary`, `Soaking`, `Production`, `Paused`, `Halted`, `Aborted`, `Complete`, `WaitingForCanaries`.
+    pub phase: String,
+    /// Canary tier progress.
+    #[serde(default)]
+    pub canary: TierProgress,
+    /// Production tier progress.
+    #[serde(default)]
+    pub production: TierProgress,
+    /// When the soak ends (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_ends_at: Option<String>,
+    /// Tenants that failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_tenants: Vec<String>,
+    /// Start (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
+
+/// Status of a RolloutPolicy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutPolicyStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Phase of the newest rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Rollouts, one per channel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollouts: Vec<RolloutStatus>,
+    /// Request tokens already handled, by verb (`promote`, `pause`, `resume`, `abort`, `retry`, `emergency`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub handled_requests: std::collections::BTreeMap<String, String>,
+    /// kstatus conditions.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}

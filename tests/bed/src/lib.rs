@@ -1,0 +1,1 @@
+//! The test bed: a fake Kubernetes API server and the stand-ins the operator talks to.

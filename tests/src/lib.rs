@@ -1,0 +1,1 @@
+//! End-to-end suite for tenant-operator; the tests live in `e2e/`.
