@@ -20,6 +20,10 @@ mkdir -p "$STATE" "$(dirname "$LOGFILE")"
 
 exec 3>&1 1>>"$LOGFILE" 2>&1
 
+# tpl EXPR: a docker Go template, built at run time (SSM reserves double braces for parameters).
+tpl() { printf '%s%s %s %s%s' '{' '{' "$1" '}' '}'; }
+label() { docker inspect --format "$(tpl "index .Config.Labels \"$2\"")" "$1" 2>/dev/null; }
+
 log() { printf '%s [%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$AGENT_ACTION" "$*"; }
 
 # report STATUS [DETAIL]: the one line of stdout, then exit.
@@ -37,15 +41,16 @@ safe() {
   if [[ "$value" =~ $pattern ]]; then printf '%s' "$value"; else printf 'invalid'; fi
 }
 
+ORG=""
+if [ -r "$ROOT/etc/tenant-operator/org" ]; then ORG="$(head -c 64 "$ROOT/etc/tenant-operator/org" | tr -d '\n')"; fi
+if ! [[ "$ORG" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]]; then ORG=""; fi
+
 case "$AGENT_ACTION" in
   observe|apply|switch|prune) ;;
   *) AGENT_ACTION=invalid; AGENT_REVISION=""; report error bad-action ;;
 esac
 if ! [[ "$AGENT_REVISION" =~ ^[a-z0-9]{0,64}$ ]]; then AGENT_REVISION=""; report error bad-revision; fi
 
-ORG=""
-if [ -r "$ROOT/etc/tenant-operator/org" ]; then ORG="$(head -c 64 "$ROOT/etc/tenant-operator/org" | tr -d '\n')"; fi
-if ! [[ "$ORG" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]]; then ORG=""; fi
 
 DIGEST_RE='^sha256:[a-f0-9]{64}$'
 ENVREV_RE='^[a-f0-9]{16,64}$'
@@ -58,12 +63,12 @@ slot_json() {
   local slot="$1" id name running digest envrev port health path
   id="$(docker ps -a -q --filter "label=fleet.molecule.ai/slot=$slot" 2>/dev/null | head -n 1)"
   if [ -z "$id" ]; then printf 'null'; return; fi
-  name="$(docker inspect --format '{{.Name}}' "$id" 2>/dev/null)"; name="${name#/}"
-  running="$(docker inspect --format '{{.State.Running}}' "$id" 2>/dev/null)"
-  digest="$(docker inspect --format '{{index .Config.Labels "fleet.molecule.ai/digest"}}' "$id" 2>/dev/null)"
-  envrev="$(docker inspect --format '{{index .Config.Labels "fleet.molecule.ai/env-revision"}}' "$id" 2>/dev/null)"
-  port="$(docker inspect --format '{{index .Config.Labels "fleet.molecule.ai/port"}}' "$id" 2>/dev/null)"
-  path="$(docker inspect --format '{{index .Config.Labels "fleet.molecule.ai/health-path"}}' "$id" 2>/dev/null)"
+  name="$(docker inspect --format "$(tpl .Name)" "$id" 2>/dev/null)"; name="${name#/}"
+  running="$(docker inspect --format "$(tpl .State.Running)" "$id" 2>/dev/null)"
+  digest="$(label "$id" fleet.molecule.ai/digest)"
+  envrev="$(label "$id" fleet.molecule.ai/env-revision)"
+  port="$(label "$id" fleet.molecule.ai/port)"
+  path="$(label "$id" fleet.molecule.ai/health-path)"
   health=unknown
   if [ "$running" = "true" ] && [[ "$port" =~ $PORT_RE ]] && [[ "$path" =~ ^/[A-Za-z0-9._~/-]*$ ]]; then
     if curl -fsS -o /dev/null --max-time 3 --proto '=http' "http://$ADDR:$port$path"; then health=healthy; else health=unhealthy; fi
@@ -79,7 +84,7 @@ legacy_json() {
   local ids count=0
   ids="$(docker ps -q 2>/dev/null)"
   for id in $ids; do
-    if [ -z "$(docker inspect --format '{{index .Config.Labels "fleet.molecule.ai/slot"}}' "$id" 2>/dev/null)" ]; then
+    if [ -z "$(label "$id" fleet.molecule.ai/slot)" ]; then
       count=$((count + 1))
     fi
   done

@@ -5,4 +5,10 @@
 
 pub mod aws;
 pub mod core;
+pub mod controller;
 pub mod crd;
+pub mod host;
+pub mod metrics;
+pub mod telemetry;
+#[cfg(feature = "demo")]
+pub mod demo;

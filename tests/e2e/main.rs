@@ -1,1 +1,6 @@
-//! End-to-end tests.
+//! End-to-end tests: one binary, so the link step is paid once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+mod slice;
+mod manifests;

@@ -4,3 +4,4 @@
 
 pub mod conditions;
 pub mod report;
+pub mod tenant;

@@ -10,7 +10,7 @@
 //! applying are removed unless another manager owns them. Updates (PUT/PATCH/POST) give their
 //! manager the fields they changed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
@@ -117,43 +117,30 @@ fn get_path<'a>(v: &'a Value, p: &[String]) -> Option<&'a Value> {
     Some(cur)
 }
 
+fn pointer(p: &[String]) -> String {
+    p.iter()
+        .map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1")))
+        .collect()
+}
+
 fn remove_path(v: &mut Value, p: &[String]) {
-    let Some((last, parents)) = p.split_last() else {
-        return;
-    };
-    let mut cur = v;
-    for seg in parents {
-        match cur.get_mut(seg) {
-            Some(next) => cur = next,
-            None => return,
-        }
-    }
-    if let Some(m) = cur.as_object_mut() {
-        m.remove(last);
-    }
-    // Drop maps left empty by the removal.
-    for depth in (1..p.len()).rev() {
-        if get_path(v, &p[..depth])
-            .and_then(Value::as_object)
-            .is_some_and(Map::is_empty)
+    for depth in (1..=p.len()).rev() {
+        let Some((last, parents)) = p[..depth].split_last() else {
+            return;
+        };
+        if depth < p.len()
+            && !get_path(v, &p[..depth])
+                .and_then(Value::as_object)
+                .is_some_and(Map::is_empty)
         {
-            let (l, par) = p[..depth].split_last().unwrap_or((&p[0], &[]));
-            let mut cur = &mut *v;
-            let mut ok = true;
-            for seg in par {
-                match cur.get_mut(seg) {
-                    Some(n) => cur = n,
-                    None => {
-                        ok = false;
-                        break;
-                    }
-                }
+            // Only maps left empty by the removal are dropped.
+            return;
+        }
+        match v.pointer_mut(&pointer(parents)).and_then(Value::as_object_mut) {
+            Some(m) => {
+                m.remove(last);
             }
-            if ok && let Some(m) = cur.as_object_mut() {
-                m.remove(l);
-            }
-        } else {
-            break;
+            None => return,
         }
     }
 }
@@ -215,36 +202,27 @@ fn fields_from_v1(v: &Value, prefix: &mut FieldPath, out: &mut FieldSet) {
 }
 
 fn fields_to_v1(fields: &FieldSet) -> Value {
-    let mut root = Map::new();
-    for p in fields {
-        let mut cur = &mut root;
-        for seg in p {
-            let entry = cur
-                .entry(format!("f:{seg}"))
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !entry.is_object() {
-                *entry = Value::Object(Map::new());
-            }
-            match entry.as_object_mut() {
-                Some(m) => cur = m,
-                None => break,
-            }
-        }
-    }
-    // A path that is both a leaf and a prefix of another gets a "." marker.
-    for p in fields {
-        if fields.iter().any(|q| q.len() > p.len() && q.starts_with(p)) {
-            let mut cur = &mut root;
-            for seg in p {
-                match cur.get_mut(&format!("f:{seg}")).and_then(Value::as_object_mut) {
-                    Some(m) => cur = m,
-                    None => break,
+    fn build(fields: &[&FieldPath], depth: usize) -> Value {
+        let mut out = Map::new();
+        let mut children: BTreeMap<&str, Vec<&FieldPath>> = BTreeMap::new();
+        for p in fields {
+            match p.get(depth) {
+                Some(seg) => children.entry(seg.as_str()).or_default().push(p),
+                None => {
+                    out.insert(".".to_string(), json!({}));
                 }
             }
-            cur.insert(".".to_string(), json!({}));
         }
+        if children.is_empty() {
+            return json!({});
+        }
+        for (seg, sub) in children {
+            out.insert(format!("f:{seg}"), build(&sub, depth + 1));
+        }
+        Value::Object(out)
     }
-    Value::Object(root)
+    let all: Vec<&FieldPath> = fields.iter().collect();
+    build(&all, 0)
 }
 
 /// Reads `metadata.managedFields`.
@@ -479,6 +457,9 @@ pub(crate) fn server_side_apply(
         time: now,
         fields: applied,
     });
+    if !result.get("metadata").is_some_and(Value::is_object) {
+        result["metadata"] = json!({});
+    }
     write_managed(&mut result, &entries);
     Ok(result)
 }

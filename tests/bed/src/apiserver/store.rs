@@ -316,10 +316,3 @@ fn trim(log: &mut EventLog, retention: usize) {
 pub(crate) fn now_rfc3339() -> String {
     jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
-
-/// Now with microseconds (`MicroTime`, used by events and leases).
-pub(crate) fn now_micro() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
-        .to_string()
-}

@@ -50,10 +50,10 @@ fn columns(rt: &ResourceType, version: &str) -> Vec<Column> {
                 col("Message", "string", ".message"),
             ];
         }
-        ("", "namespaces") => vec![col("Status", "string", ".status.phase")],
-        ("", "secrets") => vec![col("Type", "string", ".type")],
-        ("coordination.k8s.io", "leases") => vec![col("Holder", "string", ".spec.holderIdentity")],
-        ("apiextensions.k8s.io", _) => vec![col("Created At", "date", CREATED)],
+        ("", "namespaces", _) => vec![col("Status", "string", ".status.phase")],
+        ("", "secrets", _) => vec![col("Type", "string", ".type")],
+        ("coordination.k8s.io", "leases", _) => vec![col("Holder", "string", ".spec.holderIdentity")],
+        ("apiextensions.k8s.io", _, _) => vec![col("Created At", "date", CREATED)],
         _ => rt
             .version(version)
             .map(|v| {

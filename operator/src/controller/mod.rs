@@ -1,0 +1,107 @@
+//! Controllers: thin adapters between the Kubernetes API, AWS and the pure decisions in `core`.
+
+pub mod error;
+pub mod tenant;
+
+pub use error::Error;
+
+use crate::aws::{Aws, AwsScope};
+use crate::host::document::{self, DocumentConstants};
+use crate::metrics::Metrics;
+use kube::runtime::events::Reporter;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Field manager for everything the Tenant controller writes.
+pub const MANAGER: &str = "tenant-operator";
+/// Field manager of the rollout coordinator (it owns `status.target` only).
+pub const COORDINATOR_MANAGER: &str = "tenant-operator-coordinator";
+/// Finalizer that removes a tenant's parameters when it is deleted.
+pub const FINALIZER: &str = "fleet.molecule.ai/parameters";
+
+/// Operator settings (flags of `tenant-operator run`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Tag that marks an instance as managed by the operator (value `true`).
+    pub managed_tag: String,
+    /// Tag whose value is the org slug.
+    pub org_tag: String,
+    /// How often an idle host is observed (jitter of up to a fifth is added).
+    pub observe_interval: Duration,
+    /// How often an in-flight command is polled.
+    pub poll_interval: Duration,
+    /// Constants of the SSM document.
+    pub document: DocumentConstants,
+    /// Key of the HMAC that produces env revisions.
+    pub env_hmac_key: Vec<u8>,
+    /// Applies kept in status.
+    pub history_limit: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            managed_tag: "fleet.molecule.ai/managed".into(),
+            org_tag: "fleet.molecule.ai/org".into(),
+            observe_interval: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(2),
+            document: DocumentConstants::default(),
+            env_hmac_key: Vec::new(),
+            history_limit: 10,
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: kube::Client,
+    /// AWS.
+    pub aws: Arc<dyn Aws>,
+    /// Settings.
+    pub settings: Settings,
+    /// Who writes events.
+    pub reporter: Reporter,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Document version ensured per AWS scope (created/updated once per scope and process).
+    documents: Mutex<HashMap<AwsScope, String>>,
+}
+
+impl Context {
+    /// A context.
+    pub fn new(client: kube::Client, aws: Arc<dyn Aws>, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        Context {
+            client,
+            aws,
+            settings,
+            reporter: Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
+            metrics,
+            documents: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The document version to run in this scope, creating or updating the document first.
+    pub async fn document_version(&self, scope: &AwsScope) -> Result<String, Error> {
+        let mut docs = self.documents.lock().await;
+        if let Some(v) = docs.get(scope) {
+            return Ok(v.clone());
+        }
+        let v = self
+            .aws
+            .ensure_document(scope, document::DOCUMENT_NAME, &document::content(&self.settings.document))
+            .await?;
+        docs.insert(scope.clone(), v.clone());
+        Ok(v)
+    }
+}
+
+/// Runs every controller until `shutdown` resolves.
+pub async fn run_all(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tenant::run(ctx.clone(), wait(shutdown.clone())).await;
+}

@@ -1,0 +1,142 @@
+//! What the Tenant controller does next, decided from plain data.
+
+use crate::crd::{HostObservation, InFlightCommand, Revision, Slot};
+use jiff::Timestamp;
+use std::time::Duration;
+
+/// Inputs of the decision.
+#[derive(Clone, Debug)]
+pub struct PlanInput<'a> {
+    /// Now.
+    pub now: Timestamp,
+    /// The command in flight, if any.
+    pub in_flight: Option<&'a InFlightCommand>,
+    /// The last host report.
+    pub observation: Option<&'a HostObservation>,
+    /// How long a report stays fresh.
+    pub observe_interval: Duration,
+    /// The admitted revision, if any.
+    pub target: Option<&'a Revision>,
+}
+
+/// The next step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// A command is in flight: poll it.
+    Poll,
+    /// Ask the host what it runs.
+    Observe,
+    /// Nothing to do until the report goes stale (after this long).
+    Wait(Duration),
+}
+
+/// When the last report was taken.
+pub fn observed_at(obs: Option<&HostObservation>) -> Option<Timestamp> {
+    obs.and_then(|o| o.observed_at.as_deref()).and_then(|t| t.parse::<Timestamp>().ok())
+}
+
+/// Decides the next step.
+pub fn next(input: &PlanInput<'_>) -> Next {
+    if input.in_flight.is_some() {
+        return Next::Poll;
+    }
+    let Some(at) = observed_at(input.observation) else {
+        return Next::Observe;
+    };
+    let age = input.now.duration_since(at);
+    let age = Duration::try_from(age).unwrap_or_default();
+    if age >= input.observe_interval {
+        Next::Observe
+    } else {
+        Next::Wait(input.observe_interval - age)
+    }
+}
+
+/// Whether the host runs `target` in its serving slot, healthy.
+pub fn runs_target(obs: &HostObservation, target: &Revision) -> bool {
+    serving(obs).is_some_and(|(_, s)| {
+        s.running
+            && s.health.as_deref() == Some("healthy")
+            && s.digest.as_deref() == Some(target.digest.as_str())
+            && (target.env_revision.is_none() || s.env_revision == target.env_revision)
+    })
+}
+
+/// The serving slot and its report.
+pub fn serving(obs: &HostObservation) -> Option<(Slot, &crate::crd::SlotObservation)> {
+    let slot = obs.active_slot?;
+    let s = match slot {
+        Slot::Blue => obs.blue.as_ref(),
+        Slot::Green => obs.green.as_ref(),
+    }?;
+    Some((slot, s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SlotObservation;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn obs(at: &str) -> HostObservation {
+        HostObservation {
+            active_slot: Some(Slot::Blue),
+            blue: Some(SlotObservation {
+                container: Some("app-blue".into()),
+                digest: Some("sha256:aa".into()),
+                env_revision: Some("e1".into()),
+                running: true,
+                health: Some("healthy".into()),
+            }),
+            observed_at: Some(at.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn observes_when_stale_waits_when_fresh_polls_when_in_flight() {
+        let o = obs("2026-01-01T00:00:00Z");
+        let mut input = PlanInput {
+            now: ts("2026-01-01T00:01:00Z"),
+            in_flight: None,
+            observation: Some(&o),
+            observe_interval: Duration::from_secs(300),
+            target: None,
+        };
+        assert_eq!(next(&input), Next::Wait(Duration::from_secs(240)));
+        input.now = ts("2026-01-01T00:05:00Z");
+        assert_eq!(next(&input), Next::Observe);
+        input.observation = None;
+        assert_eq!(next(&input), Next::Observe);
+        let f = InFlightCommand {
+            intent_token: "t".into(),
+            command_id: None,
+            action: "observe".into(),
+            revision: None,
+            started_at: "2026-01-01T00:00:00Z".into(),
+        };
+        input.in_flight = Some(&f);
+        assert_eq!(next(&input), Next::Poll);
+    }
+
+    #[test]
+    fn runs_target_needs_digest_env_and_health() {
+        let o = obs("2026-01-01T00:00:00Z");
+        let mut t = Revision {
+            digest: "sha256:aa".into(),
+            image: "r@sha256:aa".into(),
+            env_revision: Some("e1".into()),
+            source: None,
+            admitted_at: None,
+        };
+        assert!(runs_target(&o, &t));
+        t.env_revision = Some("e2".into());
+        assert!(!runs_target(&o, &t));
+        t.env_revision = Some("e1".into());
+        t.digest = "sha256:bb".into();
+        assert!(!runs_target(&o, &t));
+    }
+}

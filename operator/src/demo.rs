@@ -1,0 +1,172 @@
+//! `tenant-operator demo`: the fake API server, a simulated fleet (moto, the real OCI registry and
+//! the fleet simulator) and the real controllers together, on this machine only.
+
+use crate::aws::sdk::{AwsSettings, SdkAws};
+use crate::controller::{self, Context, Settings};
+use crate::crd::{ImageChannel, RolloutPolicy, Tenant};
+use crate::metrics::Metrics;
+use anyhow::Context as _;
+use kube::api::{Api, ListParams, PostParams};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use testbed::apiserver::FakeApiServer;
+use testbed::stack::{HostState, Stack};
+
+/// Flags of `tenant-operator demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Where to write a kubeconfig for `kubectl` against the demo's API server.
+    #[arg(long, default_value = "tenant-demo.kubeconfig")]
+    pub kubeconfig: PathBuf,
+    /// Canary tenants in the simulated fleet.
+    #[arg(long, default_value_t = 2)]
+    pub canaries: usize,
+    /// Production tenants in the simulated fleet.
+    #[arg(long, default_value_t = 4)]
+    pub production: usize,
+    /// Stop by itself after this many seconds (0: run until interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub seconds: u64,
+}
+
+/// Runs the demo until interrupted.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    eprintln!("tenant-operator demo: starting the test bed (stand-ins are installed on first use; the first run takes a few minutes)");
+    let stack = Stack::start().await.context("starting the test bed (moto, registry, fleet simulator)")?;
+    let server = FakeApiServer::start().await?;
+    for (_, crd) in crate::crd::all_crds() {
+        server.install_crd(&crd)?;
+    }
+    server.write_kubeconfig(&args.kubeconfig)?;
+    let kubeconfig = std::fs::canonicalize(&args.kubeconfig).unwrap_or(args.kubeconfig.clone());
+    eprintln!("API server: {}  kubeconfig: {}", server.url(), kubeconfig.display());
+    eprintln!("  try: kubectl --kubeconfig {} get tenants -n fleet -w", kubeconfig.display());
+
+    let client = server.client()?;
+    let digest = stack
+        .push_image("platform-tenant", "staging", &[("sim.health", "healthy"), ("sim.version", "1.0.0")], false)
+        .await?;
+    eprintln!("registry {}: platform-tenant:staging = {digest}", stack.registry);
+
+    seed_objects(&client, &stack, args.canaries, args.production).await?;
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(sdk_for(&stack).await),
+        Settings { observe_interval: Duration::from_secs(20), env_hmac_key: b"demo-key".to_vec(), ..Default::default() },
+        Arc::new(Metrics::default()),
+    ));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let controllers = tokio::spawn(controller::run_all(ctx, rx));
+    let deadline = (args.seconds > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.seconds));
+    let mut last = String::new();
+    loop {
+        let table = progress(&client).await.unwrap_or_else(|e| format!("(cannot list tenants: {e})\n"));
+        if table != last {
+            eprintln!("{table}");
+            last = table;
+        }
+        let tick = tokio::time::sleep(Duration::from_secs(2));
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick => {}
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break;
+        }
+    }
+    let _ = tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), controllers).await;
+    eprintln!("demo stopped");
+    Ok(())
+}
+
+/// The SDK pointed at the stand-ins.
+pub async fn sdk_for(stack: &Stack) -> SdkAws {
+    SdkAws::new(AwsSettings {
+        default_region: "us-east-1".into(),
+        ec2_endpoint: Some(stack.moto_url.clone()),
+        ssm_endpoint: Some(stack.ssm_url.clone()),
+        static_credentials: Some(("testing".into(), "testing".into())),
+    })
+    .await
+}
+
+/// Launches a simulated host tagged as managed, with its org tag set to `slug` (extra tags win).
+pub async fn launch_managed(stack: &Stack, slug: &str, extra: &[(&str, &str)], state: HostState) -> anyhow::Result<String> {
+    let settings = Settings::default();
+    let mut tags: BTreeMap<&str, &str> = BTreeMap::new();
+    tags.insert(&settings.managed_tag, "true");
+    tags.insert(&settings.org_tag, slug);
+    for (k, v) in extra {
+        tags.insert(k, v);
+    }
+    let tags: Vec<(&str, &str)> = tags.into_iter().collect();
+    stack.launch_host(slug, &tags, state).await
+}
+
+async fn seed_objects(client: &kube::Client, stack: &Stack, canaries: usize, production: usize) -> anyhow::Result<()> {
+    let ns = "fleet";
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?)
+        .await?;
+    let channels: Api<ImageChannel> = Api::namespaced(client.clone(), ns);
+    let channel: ImageChannel = serde_json::from_value(serde_json::json!({
+        "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "ImageChannel",
+        "metadata": {"name": "staging"},
+        "spec": {"image": format!("{}/platform-tenant", stack.registry), "tag": "staging", "interval": "30s"}
+    }))?;
+    channels.create(&PostParams::default(), &channel).await?;
+    let policies: Api<RolloutPolicy> = Api::namespaced(client.clone(), ns);
+    let policy: RolloutPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
+        "metadata": {"name": "default"},
+        "spec": {"strategy": "BlueGreen", "maxConcurrency": "50%", "stagger": "5s",
+                 "canary": {"minCanaries": 1, "soak": "20s", "sampleInterval": "5s"},
+                 "keepPreviousSlotSeconds": 60}
+    }))?;
+    policies.create(&PostParams::default(), &policy).await?;
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), ns);
+    for i in 0..(canaries + production) {
+        let tier = if i < canaries { "canary" } else { "production" };
+        let slug = format!("org-{i:02}");
+        let id = launch_managed(stack, &slug, &[], HostState::Fresh).await?;
+        let tenant: Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": slug},
+            "spec": {"slug": slug, "instance": {"id": id}, "channel": "staging", "tier": tier,
+                     "rolloutPolicy": "default"}
+        }))?;
+        tenants.create(&PostParams::default(), &tenant).await?;
+    }
+    Ok(())
+}
+
+async fn progress(client: &kube::Client) -> anyhow::Result<String> {
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), "fleet");
+    let mut rows = BTreeMap::new();
+    for t in tenants.list(&ListParams::default()).await? {
+        let st = t.status.clone().unwrap_or_default();
+        let ready = crate::core::conditions::find(&st.conditions, "Ready");
+        rows.insert(
+            t.metadata.name.clone().unwrap_or_default(),
+            format!(
+                "{:<10} {:<12} {:<13} {:<6} {:<6} {}",
+                format!("{:?}", t.spec.tier).to_lowercase(),
+                st.instance_id.unwrap_or_default(),
+                st.running.unwrap_or_else(|| "-".into()),
+                st.observed.and_then(|o| o.active_slot).map(|s| s.as_str()).unwrap_or("-"),
+                ready.map(|c| c.status.as_str()).unwrap_or("-"),
+                ready.map(|c| c.reason.as_str()).unwrap_or("-"),
+            ),
+        );
+    }
+    let mut out = format!("{:<8} {:<10} {:<12} {:<13} {:<6} {:<6} {}\n", "TENANT", "TIER", "INSTANCE", "RUNNING", "SLOT", "READY", "REASON");
+    for (name, row) in rows {
+        out.push_str(&format!("{name:<8} {row}\n"));
+    }
+    Ok(out)
+}

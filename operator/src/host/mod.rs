@@ -1,0 +1,3 @@
+//! The host side: the operator's SSM Command document and the desired state it reads.
+
+pub mod document;

@@ -1,0 +1,587 @@
+"""Tests of the test bed's stand-ins, driving the real pieces: docker-registry, moto_server, the
+fleet simulator, the docker shim, the slot app, curl and the aws CLI.
+
+Run with scripts/test-sim (uses the venv made by scripts/bootstrap).
+"""
+
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import boto3
+import botocore.config
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import registry as reg  # noqa: E402
+
+DOCKER = os.path.join(HERE, "docker")
+_addr_counter = itertools.count(2)
+_ADDR_BASE = f"127.{(os.getpid() % 200) + 30}.{int(time.time()) % 250}"
+
+
+def next_addr():
+    return f"{_ADDR_BASE}.{next(_addr_counter)}"
+
+
+def new_instance_id():
+    return "i-" + uuid.uuid4().hex[:17]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_ready(proc, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("READY "):
+            return int(line.split()[1])
+    raise RuntimeError("process did not print READY")
+
+
+def wait_http(url, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def http_get(url, headers=None, timeout=5):
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:  # refused, reset: nobody listening (yet)
+        return 0, str(e)
+
+
+def post_json(url, obj):
+    req = urllib.request.Request(url, data=json.dumps(obj).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+class Bed:
+    pass
+
+
+@pytest.fixture(scope="session")
+def bed(tmp_path_factory):
+    work = tmp_path_factory.mktemp("bed")
+    b = Bed()
+    b.work = str(work)
+    procs = []
+    logs = []
+
+    def spawn(argv, name, piped=False):
+        log = open(os.path.join(b.work, f"{name}.log"), "w")
+        logs.append(log)
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if piped else log,
+                             stderr=log, text=True)
+        procs.append(p)
+        return p
+
+    moto_port = free_port()
+    spawn([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
+          "moto")
+    b.moto_url = f"http://127.0.0.1:{moto_port}"
+    rp = spawn([sys.executable, os.path.join(HERE, "registry.py"), "serve", "--port", "0", "--dir",
+                os.path.join(b.work, "registry")], "registry", piped=True)
+    b.registry = f"127.0.0.1:{read_ready(rp)}"
+    wait_http(f"{b.moto_url}/moto-api/")
+    sp = spawn([sys.executable, os.path.join(HERE, "fleetsim.py"), "--port", "0", "--moto-url", b.moto_url,
+                "--workdir", os.path.join(b.work, "sim"), "--registry-url", f"http://{b.registry}"],
+               "fleetsim", piped=True)
+    b.sim_url = f"http://127.0.0.1:{read_ready(sp)}"
+    b.sim_proc = sp
+    # AWS allows TimeoutSeconds >= 30; the tests relax that to exercise delivery timeouts quickly.
+    post_json(f"{b.sim_url}/_sim/config", {"min_timeout_seconds": 1})
+    cfg = botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"})
+    kw = dict(region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing", config=cfg)
+    b.ssm = boto3.client("ssm", endpoint_url=b.sim_url, **kw)
+    b.moto_ssm = boto3.client("ssm", endpoint_url=b.moto_url, **kw)
+    b.ec2 = boto3.client("ec2", endpoint_url=b.moto_url, **kw)
+    # botocore checks TimeoutSeconds >= 30 client-side; this one lets a test send less
+    kw["config"] = cfg.merge(botocore.config.Config(parameter_validation=False))
+    b.ssm_unchecked = boto3.client("ssm", endpoint_url=b.sim_url, **kw)
+    yield b
+    sp.terminate()
+    try:
+        sp.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for log in logs:
+        log.close()
+
+
+def add_host(bed, org="acme", **kw):
+    iid = new_instance_id()
+    status, body = post_json(f"{bed.sim_url}/_sim/hosts", dict({"instance_id": iid, "addr": next_addr(),
+                                                                 "org": org}, **kw))
+    assert status == 201, body
+    return body
+
+
+def host_env(bed, host):
+    env = {"PATH": os.environ["PATH"], "TENANT_HOST_ROOT": host["sandbox"], "TENANT_HOST_ADDR": host["addr"]}
+    return env
+
+
+def docker(bed, host, *args, input=None, check=True):
+    p = subprocess.run([sys.executable, DOCKER, *args], env=host_env(bed, host), capture_output=True, text=True,
+                       input=input, timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def wait_for(fn, timeout=15, interval=0.05):
+    deadline = time.time() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(interval)
+
+
+def wait_invocation(bed, cid, iid, timeout=20):
+    def done():
+        try:
+            inv = bed.ssm.get_command_invocation(CommandId=cid, InstanceId=iid)
+        except bed.ssm.exceptions.InvocationDoesNotExist:
+            return None
+        return inv if inv["Status"] in ("Success", "Failed", "TimedOut", "Cancelled") else None
+    return wait_for(done, timeout)
+
+
+def make_doc(bed, lines, params=None, timeout_seconds=None):
+    name = "test-" + uuid.uuid4().hex[:10]
+    inputs = {"runCommand": lines}
+    if timeout_seconds:
+        inputs["timeoutSeconds"] = str(timeout_seconds)
+    content = {"schemaVersion": "2.2", "description": "test", "parameters": params or {},
+               "mainSteps": [{"action": "aws:runShellScript", "name": "run", "inputs": inputs}]}
+    bed.ssm.create_document(Name=name, DocumentType="Command", DocumentFormat="JSON", Content=json.dumps(content))
+    return name
+
+
+def run_doc(bed, host, lines, params=None, values=None, **kw):
+    name = make_doc(bed, lines, params)
+    cid = bed.ssm.send_command(DocumentName=name, InstanceIds=[host["instance_id"]], Parameters=values or {},
+                               **kw)["Command"]["CommandId"]
+    return cid, wait_invocation(bed, cid, host["instance_id"])
+
+
+# --- registry and docker shim -----------------------------------------------------------------------
+
+def test_push_single_and_pull_by_digest(bed):
+    digest = reg.push_image(bed.registry, "platform-tenant", "single", {"sim.version": "1.0"})
+    assert digest.startswith("sha256:")
+    assert reg.resolve(bed.registry, "platform-tenant", "single") == digest
+    host = add_host(bed)
+    ref = f"{bed.registry}/platform-tenant@{digest}"
+    out = docker(bed, host, "pull", ref).stdout
+    assert f"Digest: {digest}" in out
+    img = json.loads(docker(bed, host, "image", "inspect", ref).stdout)[0]
+    assert img["RepoDigests"] == [ref]
+    media, body, _ = reg.get_manifest(bed.registry, "platform-tenant", digest)
+    assert img["Id"] == json.loads(body)["config"]["digest"]  # Id is the config digest
+    assert img["Config"]["Labels"]["sim.version"] == "1.0"
+    assert docker(bed, host, "images", "--format", "{{.ID}}").stdout.strip() == img["Id"][7:19]
+
+
+def test_multiarch_index_pulls_amd64(bed):
+    digest = reg.push_image(bed.registry, "platform-tenant", "multi", {"sim.version": "2.0"}, multiarch=True)
+    media, body, _ = reg.get_manifest(bed.registry, "platform-tenant", "multi")
+    assert media == reg.OCI_INDEX
+    index = json.loads(body)
+    assert sorted(m["platform"]["architecture"] for m in index["manifests"]) == ["amd64", "arm64"]
+    host = add_host(bed)
+    docker(bed, host, "pull", f"{bed.registry}/platform-tenant:multi")
+    img = json.loads(docker(bed, host, "image", "inspect", f"{bed.registry}/platform-tenant:multi").stdout)[0]
+    assert img["Architecture"] == "amd64"
+    assert img["RepoDigests"] == [f"{bed.registry}/platform-tenant@{digest}"]
+    amd = next(m for m in index["manifests"] if m["platform"]["architecture"] == "amd64")
+    _, amd_body, _ = reg.get_manifest(bed.registry, "platform-tenant", amd["digest"])
+    assert img["Id"] == json.loads(amd_body)["config"]["digest"] != digest  # config digest != index digest
+
+
+def test_pull_unknown_digest_fails(bed):
+    host = add_host(bed)
+    p = docker(bed, host, "pull", f"{bed.registry}/platform-tenant@sha256:{'0' * 64}", check=False)
+    assert p.returncode == 1
+    assert "manifest unknown" in p.stderr and p.stderr.startswith("Error response from daemon")
+    p = docker(bed, host, "run", "-d", "--name", "x", f"{bed.registry}/platform-tenant:no-such-tag", check=False)
+    assert p.returncode == 125
+    assert docker(bed, host, "ps", "-aq").stdout == ""
+
+
+def test_tag_move(bed):
+    d1 = reg.push_image(bed.registry, "platform-tenant", "move-a", {})
+    reg.push_image(bed.registry, "platform-tenant", "move-b", {})
+    assert reg.tag_image(bed.registry, "platform-tenant", d1, "move-b") == d1
+    assert reg.resolve(bed.registry, "platform-tenant", "move-b") == d1
+
+
+# --- slot app behaviours ------------------------------------------------------------------------------
+
+def run_slot(bed, host, labels, name, port, env=(), extra=()):
+    digest = reg.push_image(bed.registry, "platform-tenant", f"t-{uuid.uuid4().hex[:8]}", labels)
+    ref = f"{bed.registry}/platform-tenant@{digest}"
+    args = ["run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "--label", f"tenant.digest={digest}"]
+    for e in env:
+        args += ["-e", e]
+    p = docker(bed, host, *args, *extra, ref)
+    return digest, p.stdout.strip()
+
+
+def test_slot_healthy_and_unhealthy(bed):
+    host = add_host(bed)
+    digest, cid = run_slot(bed, host, {"sim.health": "healthy", "sim.version": "3"}, "blue", 8080)
+    assert len(cid) == 64
+    status, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
+        http_get(f"http://{host['addr']}:8080/health")))
+    h = json.loads(body)
+    assert h["status"] == "ok" and h["digest"] == digest and h["version"] == "3"
+    assert http_get(f"http://{host['addr']}:8080/")[0] == 200
+    p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                        f"http://{host['addr']}:8080/redirect"], capture_output=True, text=True, timeout=10)
+    assert p.stdout.startswith("302 http://") and ".invalid" in p.stdout  # external, never followed here
+    _, cid2 = run_slot(bed, host, {"sim.health": "unhealthy"}, "green", 8081)
+    wait_for(lambda: http_get(f"http://{host['addr']}:8081/health")[0] == 500)
+    # host-wide fault: every slot's health fails
+    post_json(f"{bed.sim_url}/_sim/hosts/{host['instance_id']}/faults", {"unhealthy": True})
+    assert http_get(f"http://{host['addr']}:8080/health")[0] == 500
+    post_json(f"{bed.sim_url}/_sim/hosts/{host['instance_id']}/faults", {"unhealthy": False})
+    assert http_get(f"http://{host['addr']}:8080/health")[0] == 200
+    fmt = '{{.Names}} {{.Label "tenant.digest"}} {{.State}}'
+    rows = docker(bed, host, "ps", "--filter", "label=tenant.digest", "--format", fmt).stdout.split("\n")
+    assert f"blue {digest} running" in rows
+    # the same port again is refused like docker does
+    p = docker(bed, host, "run", "-d", "--name", "dup", "-p", "127.0.0.1:8080:8080",
+               f"{bed.registry}/platform-tenant@{digest}", check=False)
+    assert p.returncode == 125 and "port is already allocated" in p.stderr
+    # stop / rm / inspect honesty
+    docker(bed, host, "stop", "-t", "2", "blue")
+    st = json.loads(docker(bed, host, "inspect", "blue").stdout)[0]["State"]
+    assert st["Running"] is False and st["Status"] == "exited"
+    p = docker(bed, host, "rm", "green", check=False)
+    assert p.returncode == 1 and "container is running" in p.stderr
+    assert "Created" in docker(bed, host, "ps", "-a", "--filter", "name=dup", "--format", "{{.Status}}").stdout
+    docker(bed, host, "rm", "-f", "green", "blue", "dup")
+    assert docker(bed, host, "ps", "-aq").stdout == ""
+
+
+def test_slot_bearer(bed):
+    host = add_host(bed)
+    run_slot(bed, host, {"sim.bearer-env": "API_TOKEN"}, "slot", 8080, env=["API_TOKEN=t0k$en \"x\""])
+    wait_for(lambda: http_get(f"http://{host['addr']}:8080/health")[0] == 200)
+    assert http_get(f"http://{host['addr']}:8080/api/orgs")[0] == 401
+    assert http_get(f"http://{host['addr']}:8080/api/orgs", {"Authorization": "Bearer wrong"})[0] == 401
+    code, body = http_get(f"http://{host['addr']}:8080/api/orgs", {"Authorization": 'Bearer t0k$en "x"'})
+    assert code == 200 and isinstance(json.loads(body), list)
+
+
+def test_slot_missing_env_exits(bed, tmp_path):
+    host = add_host(bed)
+    envf = tmp_path / "env"
+    envf.write_text("PRESENT=1\n# comment\n  QUOTED=\"kept as is\" \n")
+    run_slot(bed, host, {"sim.requires-env": "PRESENT,MOLECULE_CP_SHARED_SECRET"}, "slot", 8080,
+             extra=["--env-file", str(envf)])
+    st = wait_for(lambda: (lambda s: s if not s["Running"] else None)(
+        json.loads(docker(bed, host, "inspect", "slot").stdout)[0]["State"]))
+    assert st["ExitCode"] == 1 and st["Status"] == "exited"
+    logs = docker(bed, host, "logs", "slot")
+    assert "MOLECULE_CP_SHARED_SECRET" in logs.stdout
+    env = json.loads(docker(bed, host, "inspect", "-f", "{{json .Config.Env}}", "slot").stdout)
+    assert "QUOTED=\"kept as is\" " in env and "PRESENT=1" in env
+
+
+def test_slot_start_delay(bed):
+    host = add_host(bed)
+    t0 = time.time()
+    run_slot(bed, host, {"sim.start-delay-seconds": "1.5"}, "slow", 8080)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{host['addr']}:8080/health", timeout=1).read()
+    wait_for(lambda: http_get(f"http://{host['addr']}:8080/health")[0] == 200, timeout=10)
+    assert time.time() - t0 >= 1.4
+
+
+def test_restart_policy_restarts_crashed_app(bed):
+    host = add_host(bed)
+    run_slot(bed, host, {}, "svc", 8080, extra=["--restart", "unless-stopped"])
+    pid = wait_for(lambda: json.loads(docker(bed, host, "inspect", "svc").stdout)[0]["State"]["Pid"])
+    os.kill(pid, 9)
+    new = wait_for(lambda: (lambda s: s["Pid"] if s["Running"] and s["Pid"] != pid else None)(
+        json.loads(docker(bed, host, "inspect", "svc").stdout)[0]["State"]))
+    assert new != pid
+    assert json.loads(docker(bed, host, "inspect", "svc").stdout)[0]["RestartCount"] >= 1
+
+
+def test_image_prune_keeps_used(bed):
+    host = add_host(bed)
+    d1 = reg.push_image(bed.registry, "platform-tenant", "p1", {})
+    d2 = reg.push_image(bed.registry, "platform-tenant", "p2", {})
+    docker(bed, host, "pull", f"{bed.registry}/platform-tenant@{d1}")
+    docker(bed, host, "pull", f"{bed.registry}/platform-tenant@{d2}")
+    docker(bed, host, "run", "-d", "--name", "keep", "-p", "8080:8080", f"{bed.registry}/platform-tenant@{d1}")
+    out = docker(bed, host, "image", "prune", "-a", "-f").stdout
+    assert "Total reclaimed space" in out
+    left = docker(bed, host, "images", "--digests", "--format", "{{.Digest}}").stdout.split()
+    assert left == [d1]
+
+
+# --- the simulator ------------------------------------------------------------------------------------
+
+def test_send_command_runs_docker_curl_and_aws(bed):
+    host = add_host(bed, org="acme")
+    digest = reg.push_image(bed.registry, "platform-tenant", "e2e", {"sim.version": "9"})
+    bed.ssm.put_parameter(Name="/tenants/acme/rev-1", Type="SecureString", Value="TOKEN=s3cret\n")
+    params = {"revision": {"type": "String", "allowedPattern": "^[a-z0-9-]{1,64}$"},
+              "image": {"type": "String"}}
+    lines = [
+        "set -euo pipefail",
+        "org=$(cat \"$TENANT_HOST_ROOT/etc/tenant-operator/org\")",
+        "envf=\"$TENANT_HOST_ROOT/tmp/env\"",
+        "aws ssm get-parameter --name \"/tenants/$org/{{ revision }}\" --with-decryption "
+        "--query Parameter.Value --output text > \"$envf\"",
+        "docker pull -q {{ image }} >/dev/null",
+        "docker run -d --name slot-blue -p 127.0.0.1:8080:8080 --env-file \"$envf\" "
+        "--label tenant.digest=" + digest + " {{ image }} >/dev/null",
+        "rm -f \"$envf\"",
+        "for i in $(seq 50); do curl -sf \"http://$TENANT_HOST_ADDR:8080/health\" >/dev/null && break; sleep 0.1; done",
+        "h=$(curl -sf \"http://$TENANT_HOST_ADDR:8080/health\")",
+        "echo \"{\\\"org\\\":\\\"$org\\\",\\\"health\\\":$h}\"",
+    ]
+    name = make_doc(bed, lines, params)
+    sent = bed.ssm.send_command(DocumentName=name, InstanceIds=[host["instance_id"]], Comment="intent:tok-123",
+                                Parameters={"revision": ["rev-1"],
+                                            "image": [f"{bed.registry}/platform-tenant@{digest}"]},
+                                TimeoutSeconds=60)["Command"]
+    assert sent["Status"] in ("Pending", "InProgress") and sent["Comment"] == "intent:tok-123"
+    inv = wait_invocation(bed, sent["CommandId"], host["instance_id"])
+    assert inv["Status"] == "Success", inv["StandardErrorContent"]
+    out = json.loads(inv["StandardOutputContent"].strip())
+    assert out["org"] == "acme" and out["health"]["digest"] == digest
+    assert inv["ResponseCode"] == 0 and inv["ExecutionEndDateTime"]
+    env = json.loads(docker(bed, host, "inspect", "-f", "{{json .Config.Env}}", "slot-blue").stdout)
+    assert "TOKEN=s3cret" in env
+    assert not os.path.exists(os.path.join(host["sandbox"], "tmp/env"))
+    # ListCommands finds the command by the token in its comment; ListCommandInvocations details
+    cmds = bed.ssm.list_commands(InstanceId=host["instance_id"])["Commands"]
+    assert [c["CommandId"] for c in cmds if "tok-123" in c["Comment"]] == [sent["CommandId"]]
+    invs = bed.ssm.list_command_invocations(CommandId=sent["CommandId"], Details=True)["CommandInvocations"]
+    assert invs[0]["CommandPlugins"][0]["Name"] == "run" and "acme" in invs[0]["CommandPlugins"][0]["Output"]
+    # a pattern violation is refused before anything runs
+    with pytest.raises(bed.ssm.exceptions.InvalidParameters):
+        bed.ssm.send_command(DocumentName=name, InstanceIds=[host["instance_id"]],
+                             Parameters={"revision": ["../other-org/x"], "image": ["x"]})
+
+
+def test_document_versions(bed):
+    name = make_doc(bed, ["echo v1"])
+    c2 = {"schemaVersion": "2.2", "mainSteps": [{"action": "aws:runShellScript", "name": "run",
+                                                  "inputs": {"runCommand": ["echo v2"]}}]}
+    d = bed.ssm.update_document(Name=name, Content=json.dumps(c2), DocumentVersion="$LATEST")["DocumentDescription"]
+    assert d["DocumentVersion"] == "2" and d["LatestVersion"] == "2" and d["DefaultVersion"] == "1"
+    with pytest.raises(bed.ssm.exceptions.DuplicateDocumentContent):
+        bed.ssm.update_document(Name=name, Content=json.dumps(c2), DocumentVersion="$LATEST")
+    with pytest.raises(bed.ssm.exceptions.DocumentAlreadyExists):
+        bed.ssm.create_document(Name=name, Content=json.dumps(c2), DocumentType="Command")
+    assert "echo v1" in bed.ssm.get_document(Name=name)["Content"]
+    got = bed.ssm.get_document(Name=name, DocumentVersion="$LATEST")
+    assert got["DocumentVersion"] == "2" and "echo v2" in got["Content"]
+    bed.ssm.update_document_default_version(Name=name, DocumentVersion="2")
+    desc = bed.ssm.describe_document(Name=name)["Document"]
+    assert desc["DefaultVersion"] == "2" and desc["HashType"] == "Sha256" and len(desc["Hash"]) == 64
+    host = add_host(bed)
+    cid = bed.ssm.send_command(DocumentName=name, InstanceIds=[host["instance_id"]])["Command"]["CommandId"]
+    assert wait_invocation(bed, cid, host["instance_id"])["StandardOutputContent"] == "v2\n"
+    cid = bed.ssm.send_command(DocumentName=name, DocumentVersion="1",
+                               InstanceIds=[host["instance_id"]])["Command"]["CommandId"]
+    inv = wait_invocation(bed, cid, host["instance_id"])
+    assert inv["StandardOutputContent"] == "v1\n" and inv["DocumentVersion"] == "1"
+    with pytest.raises(bed.ssm.exceptions.InvalidDocument):
+        bed.ssm.describe_document(Name="no-such-doc")
+
+
+def test_failure_and_output_truncation(bed):
+    host = add_host(bed)
+    cid, inv = run_doc(bed, host, ["head -c 30000 /dev/zero | tr '\\0' a", "head -c 10000 /dev/zero | tr '\\0' e >&2",
+                                   "exit 3"])
+    assert inv["Status"] == "Failed" and inv["ResponseCode"] == 3
+    assert len(inv["StandardOutputContent"]) == 24000 and set(inv["StandardOutputContent"]) == {"a"}
+    assert len(inv["StandardErrorContent"]) == 8000
+    cmd = bed.ssm.list_commands(CommandId=cid)["Commands"][0]
+    assert cmd["Status"] == "Failed" and cmd["ErrorCount"] == 1
+
+
+def test_execution_timeout_and_cancel(bed):
+    host = add_host(bed)
+    name = make_doc(bed, ["sleep 30"], timeout_seconds=1)
+    cid = bed.ssm.send_command(DocumentName=name, InstanceIds=[host["instance_id"]])["Command"]["CommandId"]
+    inv = wait_invocation(bed, cid, host["instance_id"], timeout=10)
+    assert inv["Status"] == "TimedOut" and inv["StatusDetails"] == "ExecutionTimedOut"
+    name = make_doc(bed, ["sleep 30"])
+    cid = bed.ssm.send_command(DocumentName=name, InstanceIds=[host["instance_id"]])["Command"]["CommandId"]
+    wait_for(lambda: bed.ssm.get_command_invocation(CommandId=cid, InstanceId=host["instance_id"])["Status"]
+             == "InProgress")
+    bed.ssm.cancel_command(CommandId=cid)
+    assert wait_invocation(bed, cid, host["instance_id"], timeout=10)["Status"] == "Cancelled"
+
+
+def test_hostile_parameter_values_are_literal(bed):
+    host = add_host(bed)
+    hostile = "$(touch pwned) `touch pwned2` {{ other }} ' \" \\ ; rm -rf / #"
+    params = {"value": {"type": "String"}, "other": {"type": "String", "default": "EXPANDED"}}
+    lines = ["cat <<'EOF'", "{{ value }}", "EOF"]
+    cid, inv = run_doc(bed, host, lines, params, {"value": [hostile]})
+    assert inv["Status"] == "Success"
+    assert inv["StandardOutputContent"] == hostile + "\n"  # substituted once, never re-expanded
+    assert not os.path.exists(os.path.join(host["sandbox"], "pwned"))
+    # SSM resolves {{ssm:...}} inside parameter values with the sender's rights (why the operator
+    # never puts a user's value in a command)
+    bed.ssm.put_parameter(Name="/shared/secretish", Type="String", Value="resolved!")
+    cid, inv = run_doc(bed, host, lines, params, {"value": ["x {{ssm:/shared/secretish}} y"]})
+    assert inv["StandardOutputContent"] == "x resolved! y\n"
+    with pytest.raises(bed.ssm.exceptions.InvalidParameters):
+        bed.ssm.send_command(DocumentName=make_doc(bed, lines, params), InstanceIds=[host["instance_id"]],
+                             Parameters={"nope": ["x"]})
+
+
+def test_fifty_instance_limit_and_unknown_instances(bed):
+    name = make_doc(bed, ["true"])
+    ids = [new_instance_id() for _ in range(51)]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        bed.ssm.send_command(DocumentName=name, InstanceIds=ids)
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    with pytest.raises(bed.ssm.exceptions.InvalidInstanceId):
+        bed.ssm.send_command(DocumentName=name, InstanceIds=ids[:1])
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        bed.ssm.send_command(DocumentName=name, InstanceIds=ids[:1], Comment="x" * 101)
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    with pytest.raises(bed.ssm.exceptions.InvocationDoesNotExist):
+        bed.ssm.get_command_invocation(CommandId=str(uuid.uuid4()), InstanceId=ids[0])
+
+
+def test_throttling(bed):
+    host = add_host(bed)
+    iid = host["instance_id"]
+    post_json(f"{bed.sim_url}/_sim/hosts/{iid}/faults", {"throttle_next": 2})
+    name = make_doc(bed, ["echo hi"])
+    for _ in range(2):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            bed.ssm.send_command(DocumentName=name, InstanceIds=[iid])
+        assert e.value.response["Error"]["Code"] == "ThrottlingException"
+    cid = bed.ssm.send_command(DocumentName=name, InstanceIds=[iid])["Command"]["CommandId"]
+    assert wait_invocation(bed, cid, iid)["Status"] == "Success"
+    post_json(f"{bed.sim_url}/_sim/faults", {"throttle_next": 1})
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        bed.ssm.get_parameters_by_path(Path="/")  # forwarded calls are throttled too
+    assert e.value.response["Error"]["Code"] == "ThrottlingException"
+    bed.ssm.get_parameters_by_path(Path="/")
+    # the SDK's own retry gets through a short burst
+    retrying = boto3.client("ssm", endpoint_url=bed.sim_url, region_name="us-east-1", aws_access_key_id="t",
+                            aws_secret_access_key="t",
+                            config=botocore.config.Config(retries={"total_max_attempts": 5, "mode": "standard"}))
+    post_json(f"{bed.sim_url}/_sim/hosts/{iid}/faults", {"throttle_next": 2})
+    assert retrying.get_command_invocation(CommandId=cid, InstanceId=iid)["Status"] == "Success"
+
+
+def test_agent_offline_then_back_and_delivery_timeout(bed):
+    host = add_host(bed)
+    iid = host["instance_id"]
+    post_json(f"{bed.sim_url}/_sim/hosts/{iid}/faults", {"agent_offline": True})
+    info = bed.ssm.describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": [iid]}])["InstanceInformationList"]
+    assert info[0]["PingStatus"] == "ConnectionLost"
+    name = make_doc(bed, ["echo delivered"])
+    cid = bed.ssm.send_command(DocumentName=name, InstanceIds=[iid], TimeoutSeconds=60)["Command"]["CommandId"]
+    time.sleep(0.5)
+    assert bed.ssm.get_command_invocation(CommandId=cid, InstanceId=iid)["Status"] == "Pending"
+    post_json(f"{bed.sim_url}/_sim/hosts/{iid}/faults", {"agent_offline": False})
+    inv = wait_invocation(bed, cid, iid)
+    assert inv["Status"] == "Success" and inv["StandardOutputContent"] == "delivered\n"
+    # offline past the delivery timeout
+    post_json(f"{bed.sim_url}/_sim/hosts/{iid}/faults", {"agent_offline": True})
+    cid = bed.ssm_unchecked.send_command(DocumentName=name, InstanceIds=[iid],
+                                         TimeoutSeconds=1)["Command"]["CommandId"]
+    inv = wait_invocation(bed, cid, iid, timeout=5)
+    assert inv["Status"] == "TimedOut" and inv["StatusDetails"] == "DeliveryTimedOut"
+    cmd = bed.ssm.list_commands(CommandId=cid)["Commands"][0]
+    assert cmd["DeliveryTimedOutCount"] == 1 and cmd["ErrorCount"] == 0
+    post_json(f"{bed.sim_url}/_sim/hosts/{iid}/faults", {"agent_offline": False, "fail_next_delivery": 1})
+    cid = bed.ssm.send_command(DocumentName=name, InstanceIds=[iid])["Command"]["CommandId"]
+    assert wait_invocation(bed, cid, iid)["StatusDetails"] == "Undeliverable"
+
+
+def test_one_at_a_time_per_host_parallel_across_hosts(bed):
+    a, b = add_host(bed), add_host(bed)
+    name = make_doc(bed, ["sleep 0.6"])
+    c1 = bed.ssm.send_command(DocumentName=name, InstanceIds=[a["instance_id"], b["instance_id"]],
+                              Comment="batch-1")["Command"]["CommandId"]
+    c2 = bed.ssm.send_command(DocumentName=name, InstanceIds=[a["instance_id"]], Comment="batch-2")["Command"]["CommandId"]
+    for cid, iid in ((c1, a["instance_id"]), (c1, b["instance_id"]), (c2, a["instance_id"])):
+        assert wait_invocation(bed, cid, iid)["Status"] == "Success"
+    status, tl = 0, json.loads(urllib.request.urlopen(f"{bed.sim_url}/_sim/timeline").read())
+    ev = {(e["command_id"], e["instance_id"]): e for e in tl}
+    a1, b1, a2 = ev[(c1, a["instance_id"])], ev[(c1, b["instance_id"])], ev[(c2, a["instance_id"])]
+    assert a2["start"] >= a1["end"]  # serial on one host
+    assert b1["start"] < a1["end"] and a1["start"] < b1["end"]  # parallel across hosts
+    assert a1["comment"] == "batch-1" and a1["document_version"] == "1"
+    pending = bed.ssm.list_commands(Filters=[{"key": "Status", "value": "Pending"}])["Commands"]
+    assert all(c["Status"] == "Pending" for c in pending)
+
+
+def test_parameter_store_is_forwarded_to_moto(bed):
+    bed.ssm.put_parameter(Name="/fwd/x", Type="SecureString", Value="v1")
+    assert bed.moto_ssm.get_parameter(Name="/fwd/x", WithDecryption=True)["Parameter"]["Value"] == "v1"
+    bed.ssm.add_tags_to_resource(ResourceType="Parameter", ResourceId="/fwd/x", Tags=[{"Key": "k", "Value": "v"}])
+    assert bed.ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId="/fwd/x")["TagList"]
+    bed.ssm.delete_parameter(Name="/fwd/x")
+    with pytest.raises(bed.ssm.exceptions.ParameterNotFound):
+        bed.ssm.get_parameter(Name="/fwd/x")
+
+
+def test_legacy_host(bed):
+    digest = reg.push_image(bed.registry, "platform-tenant", "latest", {"sim.version": "legacy"})
+    host = add_host(bed, org="old-org", state="legacy")
+    code, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(
+        http_get(f"http://{host['addr']}:8080/health")))
+    assert json.loads(body)["digest"] == digest
+    c = json.loads(docker(bed, host, "inspect", "molecule-tenant").stdout)[0]
+    assert c["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert "ORG_SLUG=old-org" in c["Config"]["Env"]
