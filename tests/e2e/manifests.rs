@@ -636,6 +636,12 @@ fn valid_objects_pass_and_their_broken_twins_do_not() {
     assert_eq!(out["spec"]["stagger"], "30s");
     assert_eq!(out["spec"]["canary"]["minCanaries"], 1);
     assert_eq!(out["spec"]["canary"]["soak"], "30m");
+    // An explicit null of a defaulted field is pruned and defaulted (not kept as null, which the
+    // operator could not deserialize).
+    let null_policy = object("RolloutPolicy", "nulls", json!({"maxConcurrency": null}));
+    let out = check(&schemas, &null_policy, None).unwrap_or_else(|e| panic!("{}", show(&e)));
+    assert_eq!(out["spec"]["maxConcurrency"], 1);
+    serde_json::from_value::<RolloutPolicy>(out).expect("defaulted policy deserializes");
     // An update that keeps the slug is fine.
     let mut retiered = tenant.clone();
     retiered["spec"]["tier"] = json!("canary");

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
     shortname = "ich",
     shortname = "channel",
     category = "fleet",
-    validation = Rule::new("!has(self.spec.promoteFrom) || self.spec.promoteFrom != self.metadata.name").message("spec.promoteFrom may not name the channel itself"),
+    validation = Rule::new("!has(self.spec.promoteFrom) || self.spec.promoteFrom != self.metadata.name").message("spec.promoteFrom may not name the channel itself").field_path(".spec.promoteFrom"),
     printcolumn(json_path = ".spec.image", name = "Image", type_ = "string"),
     printcolumn(json_path = ".spec.tag", name = "Tag", type_ = "string"),
     printcolumn(json_path = ".spec.promoteFrom", name = "From", type_ = "string"),

@@ -73,12 +73,20 @@ fn default_stagger() -> Duration {
     Duration::from_secs(30)
 }
 
+/// Schema of `maxConcurrency`: an int-or-string holding a count >= 1 or a percentage 1%..100%.
+///
+/// The rule avoids `type(self)`: it is standard CEL (and works in the API server), but kube-cel,
+/// which the test bed validates with, cannot evaluate it. `string(self)` works for both an
+/// integer and a string; a string of digits (`"3"`) therefore counts as a count.
+/// `nullable: false` stops kube's int-or-string transform from marking the field nullable: a
+/// `null` would be admitted as is (no default) and then fail to deserialize into the Rust type.
 fn int_or_percent_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "x-kubernetes-int-or-string": true,
+        "nullable": false,
         "anyOf": [{"type": "integer"}, {"type": "string"}],
         "x-kubernetes-validations": [{
-            "rule": "type(self) == int ? self >= 1 : (self.matches('^[0-9]{1,3}%$') && int(self.replace('%', '')) >= 1 && int(self.replace('%', '')) <= 100)",
+            "rule": "string(self).matches('^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$')",
             "message": "must be a count of at least 1 or a percentage from 1% to 100%"
         }]
     })

@@ -233,8 +233,14 @@ fn v3_document(shared: &Shared, group: &str, version: &str) -> Option<Value> {
 }
 
 /// `/openapi/v2` and `/openapi/v3[/...]`.
-pub(crate) fn openapi(shared: &Shared, rest: &[&str], uri: &Uri) -> Result<Response, ApiError> {
+pub(crate) fn openapi(
+    shared: &Shared,
+    rest: &[&str],
+    uri: &Uri,
+    accept: &str,
+) -> Result<Response, ApiError> {
     match rest {
+        ["v2"] if accept.contains("protobuf") => Ok(proto_v2_document()),
         ["v2"] => {
             let st = shared.lock();
             let mut defs = serde_json::Map::new();
@@ -274,4 +280,40 @@ pub(crate) fn openapi(shared: &Shared, rest: &[&str], uri: &Uri) -> Result<Respo
             .ok_or_else(|| ApiError::not_found_path(uri.path())),
         _ => Err(ApiError::not_found_path(uri.path())),
     }
+}
+
+/// Appends a length-delimited protobuf field.
+fn proto_field(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    out.push((field << 3) | 2);
+    let mut n = bytes.len();
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    }
+    out.extend_from_slice(bytes);
+}
+
+/// kubectl reads `/openapi/v2` as protobuf (gnostic `openapi_v2.Document`) whatever the answer's
+/// content type, and uses it for client-side validation of kinds missing from its cached v3
+/// documents (a CR applied together with its CRD). An empty document (`swagger`, `info`, empty
+/// `paths`) means "no schema known": kubectl skips client-side validation, the server validates.
+fn proto_v2_document() -> Response {
+    let mut info = Vec::new();
+    proto_field(&mut info, 1, b"Kubernetes");
+    proto_field(&mut info, 2, b"v1.37.0");
+    let mut doc = Vec::new();
+    proto_field(&mut doc, 1, b"2.0");
+    proto_field(&mut doc, 2, &info);
+    proto_field(&mut doc, 8, &[]);
+    let mut resp = axum::response::IntoResponse::into_response((StatusCode::OK, doc));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),
+    );
+    resp
 }

@@ -87,7 +87,15 @@ pub(crate) async fn handle(
     let result = match segs.as_slice() {
         ["version"] => Ok(json_response(StatusCode::OK, &discovery::version())),
         ["healthz"] | ["livez"] | ["readyz"] => Ok((StatusCode::OK, "ok").into_response()),
-        ["openapi", rest @ ..] => discovery::openapi(&shared, rest, &uri),
+        ["openapi", rest @ ..] => discovery::openapi(
+            &shared,
+            rest,
+            &uri,
+            headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        ),
         ["api"] => Ok(json_response(StatusCode::OK, &discovery::api_versions())),
         ["apis"] => Ok(json_response(StatusCode::OK, &discovery::api_groups(&shared))),
         ["api", "v1"] => discovery::resource_list(&shared, "", "v1"),

@@ -53,7 +53,7 @@ fn columns(rt: &ResourceType, version: &str) -> Vec<Column> {
         ("", "namespaces", _) => vec![col("Status", "string", ".status.phase")],
         ("", "secrets", _) => vec![col("Type", "string", ".type")],
         ("coordination.k8s.io", "leases", _) => vec![col("Holder", "string", ".spec.holderIdentity")],
-        ("apiextensions.k8s.io", _, _) => vec![col("Created At", "date", CREATED)],
+        ("apiextensions.k8s.io", _, _) => vec![col("Created At", "string", CREATED)],
         _ => rt
             .version(version)
             .map(|v| {
