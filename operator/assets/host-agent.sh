@@ -106,8 +106,208 @@ exec 9>"$STATE/lock"
 if ! flock -w 900 9; then report error lock-timeout; fi
 log "start revision=$AGENT_REVISION org=$ORG"
 
+# --- desired state ----------------------------------------------------------------------
+
+b64d() { printf '%s' "$1" | base64 -d; }
+
+# fetch_revision REV FILE: the revision's parameter, read with this host's own role.
+fetch_revision() {
+  [ -n "$ORG" ] || return 1
+  aws ssm get-parameter --with-decryption --name "$PARAM_ROOT/$ORG/revisions/$1" \
+    --query Parameter.Value --output text > "$2" 2>>"$LOGFILE"
+}
+
+# load_revision FILE: parses the line format into R_* variables and the RUN_ARGS / ENV_KEYS arrays.
+# Every user-controlled field is base64 and decoded into a single argv element: nothing is eval'd.
+load_revision() {
+  local file="$1" kind a b c
+  R_IMAGE=""; R_DIGEST=""; R_ENVREV=""; R_NAME=""; R_PORT_BLUE=""; R_PORT_GREEN=""; R_PORT_ROUTING=""
+  R_CPORT=""; R_HEALTH="/health"; R_TIMEOUT=60; R_STRATEGY=inplace; R_KEEPWARM=600; R_RESTART=unless-stopped
+  RUN_ARGS=(); ENV_KEYS=()
+  head -n 1 "$file" | grep -qx 'tenant-operator-revision v1' || return 1
+  while IFS=' ' read -r kind a b c; do
+    case "$kind" in
+      image) R_IMAGE="$(b64d "$a")" ;;
+      digest) [[ "$a" =~ $DIGEST_RE ]] && R_DIGEST="$a" ;;
+      envrev) [[ "$a" =~ $ENVREV_RE ]] && R_ENVREV="$a" ;;
+      name) [[ "$a" =~ $NAME_RE ]] && R_NAME="$a" ;;
+      ports) R_PORT_BLUE="$a"; R_PORT_GREEN="$b"; R_PORT_ROUTING="$c" ;;
+      cport) R_CPORT="$a" ;;
+      health) R_HEALTH="$(b64d "$a")" ;;
+      timeout) [[ "$a" =~ ^[0-9]{1,5}$ ]] && R_TIMEOUT="$a" ;;
+      strategy) case "$a" in inplace|bluegreen) R_STRATEGY="$a" ;; esac ;;
+      keepwarm) [[ "$a" =~ ^[0-9]{1,6}$ ]] && R_KEEPWARM="$a" ;;
+      restart) case "$a" in no|always|unless-stopped|on-failure) R_RESTART="$a" ;; esac ;;
+      network) RUN_ARGS+=(--network "$(b64d "$a")") ;;
+      dockersock) [ "$a" = 1 ] && RUN_ARGS+=(-v /var/run/docker.sock:/var/run/docker.sock) ;;
+      vol) if [ "$c" = ro ]; then RUN_ARGS+=(-v "$(b64d "$a"):$(b64d "$b"):ro"); else RUN_ARGS+=(-v "$(b64d "$a"):$(b64d "$b")"); fi ;;
+      label) RUN_ARGS+=(--label "$(b64d "$a")=$(b64d "$b")") ;;
+      host) RUN_ARGS+=(--add-host "$(b64d "$a"):$(b64d "$b")") ;;
+      env) ENV_KEYS+=("$a") ;;
+    esac
+  done < "$file"
+  [ -n "$R_IMAGE" ] && [ -n "$R_DIGEST" ] && [ -n "$R_NAME" ] || return 1
+  [[ "$R_PORT_BLUE" =~ $PORT_RE && "$R_PORT_GREEN" =~ $PORT_RE && "$R_PORT_ROUTING" =~ $PORT_RE && "$R_CPORT" =~ $PORT_RE ]] || return 1
+  [[ "$R_HEALTH" =~ ^/[A-Za-z0-9._~/-]*$ ]] || return 1
+  return 0
+}
+
+slot_port() { if [ "$1" = green ]; then printf '%s' "$R_PORT_GREEN"; else printf '%s' "$R_PORT_BLUE"; fi; }
+slot_container() { docker ps -a -q --filter "label=fleet.molecule.ai/slot=$1" 2>/dev/null | head -n 1; }
+
+# start_slot REV FILE SLOT: runs the loaded revision in SLOT. The env reaches docker as `-e KEY`
+# (value from docker's own environment), so values with newlines, quotes or `$()` arrive byte for
+# byte and are never parsed by a shell. The env lives only in this subshell.
+start_slot() {
+  local rev="$1" file="$2" slot="$3" port name old
+  port="$(slot_port "$slot")"; name="$R_NAME-$slot"
+  old="$(slot_container "$slot")"
+  [ -n "$old" ] && docker rm -f "$old" >/dev/null 2>&1
+  docker rm -f "$name" >/dev/null 2>&1
+  (
+    set +u
+    args=(run -d --name "$name" -p "$port:$R_CPORT" --restart "$R_RESTART"
+      --label "fleet.molecule.ai/slot=$slot" --label "fleet.molecule.ai/digest=$R_DIGEST"
+      --label "fleet.molecule.ai/env-revision=$R_ENVREV" --label "fleet.molecule.ai/revision=$rev"
+      --label "fleet.molecule.ai/port=$port" --label "fleet.molecule.ai/health-path=$R_HEALTH"
+      "${RUN_ARGS[@]}")
+    while IFS=' ' read -r kind key value; do
+      [ "$kind" = env ] || continue
+      key="$(b64d "$key")"
+      [[ "$key" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
+      value="$(b64d "$value"; printf x)"; value="${value%x}"
+      export "$key=$value"
+      args+=(-e "$key")
+    done < "$file"
+    docker "${args[@]}" "$R_IMAGE@$R_DIGEST" >/dev/null
+  )
+}
+
+# wait_healthy SLOT: polls the slot's health path until 200 or the revision's timeout.
+wait_healthy() {
+  local port deadline
+  port="$(slot_port "$1")"; deadline=$(( $(date +%s) + R_TIMEOUT ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    if curl -fsS -o /dev/null --max-time 2 --proto '=http' "http://$ADDR:$port$R_HEALTH"; then return 0; fi
+    sleep 0.5
+  done
+  return 1
+}
+
+# The router: a proxy on the routing port; each new connection reads the upstream port file, so a
+# switch is one atomic rename. Connections in flight finish on the old slot, which stays warm.
+# An external router (the seed's Worker KV) would replace set_upstream with a call of its own.
+ensure_router() {
+  local pidfile="$STATE/router.pid"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return 0; fi
+  setsid socat "TCP-LISTEN:$R_PORT_ROUTING,bind=$ADDR,fork,reuseaddr" \
+    "SYSTEM:exec socat STDIO TCP\:$ADDR\:\$(cat $STATE/upstream)" </dev/null >/dev/null 2>&1 &
+  echo $! > "$pidfile"
+  sleep 0.2
+}
+set_upstream() {
+  printf '%s' "$2" > "$STATE/upstream.tmp" && mv -f "$STATE/upstream.tmp" "$STATE/upstream"
+  printf '%s' "$1" > "$STATE/active-slot.tmp" && mv -f "$STATE/active-slot.tmp" "$STATE/active-slot"
+}
+
+# Old slots kept warm are retired by a later run once their time is up.
+retire_expired() {
+  local f slot until
+  for f in "$STATE"/retire-*; do
+    [ -e "$f" ] || continue
+    slot="${f##*/retire-}"; until="$(cat "$f")"
+    if [ "$(cat "$STATE/active-slot" 2>/dev/null)" = "$slot" ]; then rm -f "$f"; continue; fi
+    if [[ "$until" =~ ^[0-9]+$ ]] && [ "$(date +%s)" -ge "$until" ]; then
+      id="$(slot_container "$slot")"; [ -n "$id" ] && docker stop "$id" >/dev/null 2>&1
+      rm -f "$f"; log "retired the $slot slot"
+    fi
+  done
+}
+
+prune_images() {
+  local keep=() line
+  for slot in blue green; do
+    id="$(slot_container "$slot")"; [ -n "$id" ] && keep+=("$(label "$id" fleet.molecule.ai/digest)")
+  done
+  docker images --digests --format "$(tpl .Repository)@$(tpl .Digest)" 2>/dev/null | while read -r line; do
+    case " ${keep[*]} " in *" ${line##*@} "*) ;; *) docker rmi "$line" >/dev/null 2>&1 ;; esac
+  done
+}
+
+retire_expired
+
 case "$AGENT_ACTION" in
   observe) report ok "" ;;
+  prune) prune_images; report ok "" ;;
 esac
 
-# The actions below change the host; their implementation is in the part that follows.
+# --- apply / switch ------------------------------------------------------------------------
+
+[ -n "$AGENT_REVISION" ] || report error no-revision
+APPLIED="$(cat "$STATE/applied-revision" 2>/dev/null)"
+WORK="$(mktemp -d "$STATE/rev.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+REVFILE="$WORK/desired"
+if ! fetch_revision "$AGENT_REVISION" "$REVFILE"; then report error revision-unreadable; fi
+if ! load_revision "$REVFILE"; then report error revision-invalid; fi
+
+ACTIVE="$(cat "$STATE/active-slot" 2>/dev/null)"
+case "$ACTIVE" in blue|green) ;; *) ACTIVE="" ;; esac
+
+# A repeated command for what already runs healthy is harmless: nothing changes.
+if [ "$APPLIED" = "$AGENT_REVISION" ] && [ -n "$ACTIVE" ]; then
+  id="$(slot_container "$ACTIVE")"
+  if [ -n "$id" ] && [ "$(label "$id" fleet.molecule.ai/revision)" = "$AGENT_REVISION" ] \
+    && [ "$(docker inspect --format "$(tpl .State.Running)" "$id" 2>/dev/null)" = true ] && wait_healthy "$ACTIVE"; then
+    log "revision $AGENT_REVISION already runs in the $ACTIVE slot"; report ok already-applied
+  fi
+fi
+
+if [ "$R_STRATEGY" = bluegreen ]; then
+  TARGET_SLOT=blue; [ "$ACTIVE" = blue ] && TARGET_SLOT=green
+  id="$(slot_container "$TARGET_SLOT")"
+  warm=false
+  if [ -n "$id" ] && [ "$(label "$id" fleet.molecule.ai/revision)" = "$AGENT_REVISION" ] \
+    && [ "$(docker inspect --format "$(tpl .State.Running)" "$id" 2>/dev/null)" = true ]; then warm=true; fi
+  if [ "$warm" = true ]; then
+    log "switch-back: the $TARGET_SLOT slot still runs $AGENT_REVISION warm; no pull, no start"
+  else
+    if ! docker pull "$R_IMAGE@$R_DIGEST" >/dev/null; then report error pull-failed; fi
+    start_slot "$AGENT_REVISION" "$REVFILE" "$TARGET_SLOT" || { docker rm -f "$R_NAME-$TARGET_SLOT" >/dev/null 2>&1; report error start-failed; }
+  fi
+  rm -f "$REVFILE"
+  if ! wait_healthy "$TARGET_SLOT"; then
+    # The active slot never stopped serving: nothing to roll back but the idle slot.
+    id="$(slot_container "$TARGET_SLOT")"; [ -n "$id" ] && docker rm -f "$id" >/dev/null 2>&1
+    report error health-failed
+  fi
+  ensure_router
+  set_upstream "$TARGET_SLOT" "$(slot_port "$TARGET_SLOT")"
+  [ -n "$ACTIVE" ] && printf '%s' "$(( $(date +%s) + R_KEEPWARM ))" > "$STATE/retire-$ACTIVE"
+  printf '%s' "$AGENT_REVISION" > "$STATE/applied-revision"
+  log "switched to the $TARGET_SLOT slot (revision $AGENT_REVISION)"
+  prune_images
+  report ok switched
+fi
+
+# In place: pull by digest, stop, run in the active slot, health; on failure run the previous again.
+SLOT="${ACTIVE:-blue}"
+if ! docker pull "$R_IMAGE@$R_DIGEST" >/dev/null; then report error pull-failed; fi
+start_slot "$AGENT_REVISION" "$REVFILE" "$SLOT"
+rm -f "$REVFILE"
+if wait_healthy "$SLOT"; then
+  printf '%s' "$SLOT" > "$STATE/active-slot"
+  printf '%s' "$AGENT_REVISION" > "$STATE/applied-revision"
+  log "applied $AGENT_REVISION in place in the $SLOT slot"
+  prune_images
+  report ok applied
+fi
+log "revision $AGENT_REVISION failed its health check"
+if [ -n "$APPLIED" ] && fetch_revision "$APPLIED" "$WORK/previous" && load_revision "$WORK/previous"; then
+  start_slot "$APPLIED" "$WORK/previous" "$SLOT"
+  rm -f "$WORK/previous"
+  wait_healthy "$SLOT" && log "rolled back to $APPLIED"
+  report error health-failed-rolled-back
+fi
+id="$(slot_container "$SLOT")"; [ -n "$id" ] && docker rm -f "$id" >/dev/null 2>&1
+report error health-failed

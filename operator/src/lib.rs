@@ -9,6 +9,7 @@ pub mod controller;
 pub mod crd;
 pub mod host;
 pub mod metrics;
+pub mod registry;
 pub mod telemetry;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tenant_operator::crd::{
-    GROUP, ImageChannel, RolloutPolicy, Tenant, TenantSpec, Tier, VERSION, all_crds,
-};
+use tenant_operator::crd::{GROUP, ImageChannel, RolloutPolicy, Tenant, TenantSpec, Tier, VERSION, all_crds};
 use testbed::schema::{FieldError, validate};
 
 /// `apiVersion` of every fleet kind.
@@ -26,10 +24,7 @@ fn fleet_api_version() -> String {
 
 fn repo_root() -> PathBuf {
     // This crate lives in `<repo>/tests`.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The served version's `openAPIV3Schema` of each fleet kind, by kind.
@@ -47,10 +42,7 @@ fn schemas() -> BTreeMap<String, Value> {
             .as_ref()
             .and_then(|s| s.open_api_v3_schema.as_ref())
             .unwrap_or_else(|| panic!("{file}: no openAPIV3Schema"));
-        out.insert(
-            crd.spec.names.kind.clone(),
-            serde_json::to_value(schema).expect("schema serializes"),
-        );
+        out.insert(crd.spec.names.kind.clone(), serde_json::to_value(schema).expect("schema serializes"));
     }
     assert_eq!(
         out.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -88,9 +80,7 @@ fn kind_of(doc: &Value) -> &str {
 }
 
 fn name_of(doc: &Value) -> &str {
-    doc.pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
 }
 
 fn is_fleet(doc: &Value) -> bool {
@@ -98,19 +88,11 @@ fn is_fleet(doc: &Value) -> bool {
 }
 
 fn show(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect::<Vec<_>>()
-        .join("; ")
+    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
 }
 
 /// Validates a fleet object like the API server would (create when `old` is `None`).
-fn check(
-    schemas: &BTreeMap<String, Value>,
-    doc: &Value,
-    old: Option<&Value>,
-) -> Result<Value, Vec<FieldError>> {
+fn check(schemas: &BTreeMap<String, Value>, doc: &Value, old: Option<&Value>) -> Result<Value, Vec<FieldError>> {
     let kind = kind_of(doc);
     let Some(schema) = schemas.get(kind) else {
         return Err(vec![FieldError {
@@ -128,11 +110,7 @@ fn pruned_paths(input: &Value, pruned: &Value, path: &str, out: &mut Vec<String>
     match (input, pruned) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in a {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 match b.get(k) {
                     Some(w) => pruned_paths(v, w, &p, out),
                     None => out.push(p),
@@ -155,16 +133,11 @@ where
     K: serde::de::DeserializeOwned + serde::Serialize,
 {
     let a: K = serde_json::from_value(raw.clone()).map_err(|e| format!("as written: {e}"))?;
-    let b: K =
-        serde_json::from_value(defaulted.clone()).map_err(|e| format!("as defaulted: {e}"))?;
-    let (a, b) = (
-        serde_json::to_value(&a).map_err(|e| e.to_string())?,
-        serde_json::to_value(&b).map_err(|e| e.to_string())?,
-    );
+    let b: K = serde_json::from_value(defaulted.clone()).map_err(|e| format!("as defaulted: {e}"))?;
+    let (a, b) =
+        (serde_json::to_value(&a).map_err(|e| e.to_string())?, serde_json::to_value(&b).map_err(|e| e.to_string())?);
     if a != b {
-        return Err(format!(
-            "serde defaults differ from schema defaults:\n  serde:  {a}\n  schema: {b}"
-        ));
+        return Err(format!("serde defaults differ from schema defaults:\n  serde:  {a}\n  schema: {b}"));
     }
     Ok(())
 }
@@ -216,10 +189,7 @@ fn examples_pass_the_crd_schemas_and_deserialize() {
         let mut dropped = Vec::new();
         pruned_paths(doc, &defaulted, "", &mut dropped);
         if !dropped.is_empty() {
-            problems.push(format!(
-                "{what}: unknown fields (pruned): {}",
-                dropped.join(", ")
-            ));
+            problems.push(format!("{what}: unknown fields (pruned): {}", dropped.join(", ")));
         }
         let rust = match kind_of(doc) {
             "Tenant" => same_in_rust::<Tenant>(doc, &defaulted),
@@ -231,87 +201,40 @@ fn examples_pass_the_crd_schemas_and_deserialize() {
             problems.push(format!("{what}: {e}"));
         }
     }
-    assert!(
-        problems.is_empty(),
-        "{} problem(s) in examples/:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
-    assert!(
-        fleet_objects >= 6,
-        "examples/ holds only {fleet_objects} fleet objects"
-    );
+    assert!(problems.is_empty(), "{} problem(s) in examples/:\n{}", problems.len(), problems.join("\n"));
+    assert!(fleet_objects >= 6, "examples/ holds only {fleet_objects} fleet objects");
 }
 
 #[test]
 fn examples_cover_the_fleet_shapes_and_refer_to_what_exists() {
     let docs = example_documents();
-    let objects = |kind: &str| -> Vec<&Value> {
-        docs.iter()
-            .map(|(_, d)| d)
-            .filter(|d| kind_of(d) == kind)
-            .collect()
-    };
-    let tenants: Vec<Tenant> = objects("Tenant")
-        .into_iter()
-        .map(|d| serde_json::from_value(d.clone()).unwrap())
-        .collect();
-    let channels: Vec<ImageChannel> = objects("ImageChannel")
-        .into_iter()
-        .map(|d| serde_json::from_value(d.clone()).unwrap())
-        .collect();
-    let policies: Vec<RolloutPolicy> = objects("RolloutPolicy")
-        .into_iter()
-        .map(|d| serde_json::from_value(d.clone()).unwrap())
-        .collect();
-    let secrets: Vec<Secret> = objects("Secret")
-        .into_iter()
-        .map(|d| serde_json::from_value(d.clone()).unwrap())
-        .collect();
+    let objects = |kind: &str| -> Vec<&Value> { docs.iter().map(|(_, d)| d).filter(|d| kind_of(d) == kind).collect() };
+    let tenants: Vec<Tenant> =
+        objects("Tenant").into_iter().map(|d| serde_json::from_value(d.clone()).unwrap()).collect();
+    let channels: Vec<ImageChannel> =
+        objects("ImageChannel").into_iter().map(|d| serde_json::from_value(d.clone()).unwrap()).collect();
+    let policies: Vec<RolloutPolicy> =
+        objects("RolloutPolicy").into_iter().map(|d| serde_json::from_value(d.clone()).unwrap()).collect();
+    let secrets: Vec<Secret> =
+        objects("Secret").into_iter().map(|d| serde_json::from_value(d.clone()).unwrap()).collect();
 
     // The shapes a user looks for.
     let canaries = tenants.iter().filter(|t| t.spec.tier == Tier::Canary);
     assert!(canaries.count() >= 1, "no canary tenant in examples/");
-    let production = tenants
-        .iter()
-        .filter(|t| t.spec.tier == Tier::Production && t.spec.pinned_digest.is_none())
-        .count();
+    let production =
+        tenants.iter().filter(|t| t.spec.tier == Tier::Production && t.spec.pinned_digest.is_none()).count();
     assert!(production >= 2, "fewer than 2 production tenants in examples/");
-    assert!(
-        tenants.iter().any(|t| t.spec.pinned_digest.is_some()),
-        "no pinned (held) tenant in examples/"
-    );
-    assert!(
-        tenants.iter().any(|t| t.spec.instance.tags.is_some()),
-        "no tenant selecting its instance by tags"
-    );
-    assert!(
-        tenants.iter().any(|t| t.spec.instance.id.is_some()),
-        "no tenant selecting its instance by id"
-    );
-    assert!(
-        channels.iter().any(|c| c.spec.promote_from.is_some()),
-        "no promoted channel in examples/"
-    );
-    assert!(
-        channels.iter().any(|c| c.spec.tag.is_some()),
-        "no channel following a tag"
-    );
+    assert!(tenants.iter().any(|t| t.spec.pinned_digest.is_some()), "no pinned (held) tenant in examples/");
+    assert!(tenants.iter().any(|t| t.spec.instance.tags.is_some()), "no tenant selecting its instance by tags");
+    assert!(tenants.iter().any(|t| t.spec.instance.id.is_some()), "no tenant selecting its instance by id");
+    assert!(channels.iter().any(|c| c.spec.promote_from.is_some()), "no promoted channel in examples/");
+    assert!(channels.iter().any(|c| c.spec.tag.is_some()), "no channel following a tag");
     assert!(!policies.is_empty(), "no RolloutPolicy in examples/");
-    assert!(
-        tenants
-            .iter()
-            .any(|t| !t.spec.container.env_from.is_empty()),
-        "no tenant uses envFrom"
-    );
+    assert!(tenants.iter().any(|t| !t.spec.container.env_from.is_empty()), "no tenant uses envFrom");
 
     // The first file creates the namespace; everything else lives in it.
     let (first_file, first) = &docs[0];
-    assert_eq!(
-        kind_of(first),
-        "Namespace",
-        "examples/{first_file} should create the namespace first"
-    );
+    assert_eq!(kind_of(first), "Namespace", "examples/{first_file} should create the namespace first");
     let ns = name_of(first);
     let mut problems = Vec::new();
     for (file, d) in docs.iter().skip(1) {
@@ -326,22 +249,13 @@ fn examples_cover_the_fleet_shapes_and_refer_to_what_exists() {
     }
 
     // Names refer to objects in the examples.
-    let channel_names: BTreeSet<_> = channels
-        .iter()
-        .map(|c| c.metadata.name.clone().unwrap_or_default())
-        .collect();
-    let policy_by_name: BTreeMap<_, _> = policies
-        .iter()
-        .map(|p| (p.metadata.name.clone().unwrap_or_default(), p))
-        .collect();
+    let channel_names: BTreeSet<_> = channels.iter().map(|c| c.metadata.name.clone().unwrap_or_default()).collect();
+    let policy_by_name: BTreeMap<_, _> =
+        policies.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p)).collect();
     let secret_keys: BTreeMap<String, BTreeSet<String>> = secrets
         .iter()
         .map(|s| {
-            let mut keys: BTreeSet<String> = s
-                .string_data
-                .iter()
-                .flat_map(|m| m.keys().cloned())
-                .collect();
+            let mut keys: BTreeSet<String> = s.string_data.iter().flat_map(|m| m.keys().cloned()).collect();
             keys.extend(s.data.iter().flat_map(|m| m.keys().cloned()));
             (s.metadata.name.clone().unwrap_or_default(), keys)
         })
@@ -350,18 +264,13 @@ fn examples_cover_the_fleet_shapes_and_refer_to_what_exists() {
         if let Some(from) = &c.spec.promote_from
             && !channel_names.contains(from)
         {
-            problems.push(format!(
-                "channel {:?} promotes from unknown channel {from:?}",
-                c.metadata.name
-            ));
+            problems.push(format!("channel {:?} promotes from unknown channel {from:?}", c.metadata.name));
         }
     }
     for (name, keys) in &secret_keys {
         for k in keys {
             if !valid_env_name(k) {
-                problems.push(format!(
-                    "Secret {name:?}: key {k:?} is not a valid env var name"
-                ));
+                problems.push(format!("Secret {name:?}: key {k:?} is not a valid env var name"));
             }
         }
     }
@@ -379,24 +288,19 @@ fn examples_cover_the_fleet_shapes_and_refer_to_what_exists() {
         let tn = t.metadata.name.clone().unwrap_or_default();
         let spec: &TenantSpec = &t.spec;
         if !channel_names.contains(&spec.channel) {
-            problems.push(format!(
-                "tenant {tn:?} follows unknown channel {:?}",
-                spec.channel
-            ));
+            problems.push(format!("tenant {tn:?} follows unknown channel {:?}", spec.channel));
         }
         // The env a tenant's container gets: plain env plus every key of its Secrets.
         let mut env: BTreeSet<String> = spec.container.env.iter().map(|e| e.name.clone()).collect();
         for from in &spec.container.env_from {
             match secret_keys.get(&from.secret_ref.name) {
-                Some(keys) => env.extend(
-                    keys.iter()
-                        .map(|k| format!("{}{k}", from.prefix.clone().unwrap_or_default())),
-                ),
+                Some(keys) => {
+                    env.extend(keys.iter().map(|k| format!("{}{k}", from.prefix.clone().unwrap_or_default())))
+                }
                 None if from.optional => {}
-                None => problems.push(format!(
-                    "tenant {tn:?} takes env from unknown Secret {:?}",
-                    from.secret_ref.name
-                )),
+                None => {
+                    problems.push(format!("tenant {tn:?} takes env from unknown Secret {:?}", from.secret_ref.name))
+                }
             }
         }
         if let Some(p) = &spec.rollout_policy {
@@ -417,12 +321,7 @@ fn examples_cover_the_fleet_shapes_and_refer_to_what_exists() {
             }
         }
     }
-    assert!(
-        problems.is_empty(),
-        "{} problem(s) in examples/:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    assert!(problems.is_empty(), "{} problem(s) in examples/:\n{}", problems.len(), problems.join("\n"));
 }
 
 /// `^[A-Za-z_][A-Za-z0-9_]*$`, the env var names the Tenant schema accepts.
@@ -486,53 +385,30 @@ fn check_bad_input(schemas: &BTreeMap<String, Value>, text: &str) -> Result<(), 
         (true, [old, new]) => {
             // The stored object is valid, and so is the new one on its own: only the
             // transition may be refused.
-            check(schemas, old, None)
-                .map_err(|e| format!("the old document is itself invalid: {}", show(&e)))?;
-            check(schemas, new, None).map_err(|e| {
-                format!(
-                    "the new document is invalid even as a create: {}",
-                    show(&e)
-                )
-            })?;
+            check(schemas, old, None).map_err(|e| format!("the old document is itself invalid: {}", show(&e)))?;
+            check(schemas, new, None)
+                .map_err(|e| format!("the new document is invalid even as a create: {}", show(&e)))?;
             (new, Some(old))
         }
         (false, docs) => {
-            return Err(format!(
-                "{} documents; a bad input holds exactly one",
-                docs.len()
-            ));
+            return Err(format!("{} documents; a bad input holds exactly one", docs.len()));
         }
         (true, docs) => {
-            return Err(format!(
-                "{} documents; a transition holds exactly two (old, new)",
-                docs.len()
-            ));
+            return Err(format!("{} documents; a transition holds exactly two (old, new)", docs.len()));
         }
     };
     let errors = match check(schemas, doc, old) {
         Ok(_) => return Err("ACCEPTED, but should be rejected".into()),
         Err(errors) => errors,
     };
-    let hit = errors
-        .iter()
-        .any(|e| field_matches(&e.field, field) && e.message.contains(message.as_str()));
+    let hit = errors.iter().any(|e| field_matches(&e.field, field) && e.message.contains(message.as_str()));
     if !hit {
-        return Err(format!(
-            "rejected, but not at {field:?} with a message containing {message:?}: {}",
-            show(&errors)
-        ));
+        return Err(format!("rejected, but not at {field:?} with a message containing {message:?}: {}", show(&errors)));
     }
     // One defect per file: every error is about the expected field.
-    let stray: Vec<_> = errors
-        .iter()
-        .filter(|e| !field_matches(&e.field, field))
-        .cloned()
-        .collect();
+    let stray: Vec<_> = errors.iter().filter(|e| !field_matches(&e.field, field)).cloned().collect();
     if !stray.is_empty() {
-        return Err(format!(
-            "also rejected for other fields (a bad input should hold one defect): {}",
-            show(&stray)
-        ));
+        return Err(format!("also rejected for other fields (a bad input should hold one defect): {}", show(&stray)));
     }
     Ok(())
 }
@@ -567,17 +443,10 @@ fn bad_inputs_are_rejected_at_the_expected_field() {
         files.len(),
         failures.join("\n")
     );
-    assert!(
-        files.len() >= 30,
-        "only {} files in tests/bad-input/",
-        files.len()
-    );
+    assert!(files.len() >= 30, "only {} files in tests/bad-input/", files.len());
     assert!(transitions >= 1, "no transition case in tests/bad-input/");
     for kind in ["Tenant", "ImageChannel", "RolloutPolicy"] {
-        assert!(
-            kinds.get(kind).copied().unwrap_or(0) >= 3,
-            "too few bad inputs of kind {kind}: {kinds:?}"
-        );
+        assert!(kinds.get(kind).copied().unwrap_or(0) >= 3, "too few bad inputs of kind {kind}: {kinds:?}");
     }
 }
 
@@ -619,14 +488,8 @@ fn valid_objects_pass_and_their_broken_twins_do_not() {
     );
     let empty_policy = object("RolloutPolicy", "defaults", json!({}));
     for obj in [&tenant, &channel, &promoted, &policy, &empty_policy] {
-        let out = check(&schemas, obj, None).unwrap_or_else(|e| {
-            panic!(
-                "valid {} {} rejected: {}",
-                kind_of(obj),
-                name_of(obj),
-                show(&e)
-            )
-        });
+        let out = check(&schemas, obj, None)
+            .unwrap_or_else(|e| panic!("valid {} {} rejected: {}", kind_of(obj), name_of(obj), show(&e)));
         assert_eq!(out["spec"]["tier"].is_null(), kind_of(obj) != "Tenant");
     }
     // Defaults come from the schema, as the API server fills them.
@@ -635,7 +498,8 @@ fn valid_objects_pass_and_their_broken_twins_do_not() {
     assert_eq!(out["spec"]["maxConcurrency"], 1);
     assert_eq!(out["spec"]["stagger"], "30s");
     assert_eq!(out["spec"]["canary"]["minCanaries"], 1);
-    assert_eq!(out["spec"]["canary"]["soak"], "30m");
+    let soak: tenant_operator::crd::Duration = serde_json::from_value(out["spec"]["canary"]["soak"].clone()).unwrap();
+    assert_eq!(soak.as_std(), std::time::Duration::from_secs(30 * 60));
     // An explicit null of a defaulted field is pruned and defaulted (not kept as null, which the
     // operator could not deserialize).
     let null_policy = object("RolloutPolicy", "nulls", json!({"maxConcurrency": null}));
@@ -667,10 +531,7 @@ fn valid_objects_pass_and_their_broken_twins_do_not() {
     let mut dup = tenant.clone();
     dup["spec"]["container"]["env"][1]["name"] = json!("A");
     let errs = check(&schemas, &dup, None).expect_err("duplicate env: CEL must run");
-    assert!(
-        errs.iter().any(|e| e.message.contains("unique")),
-        "{errs:?}"
-    );
+    assert!(errs.iter().any(|e| e.message.contains("unique")), "{errs:?}");
     let mut both = promoted.clone();
     both["spec"]["tag"] = json!("latest");
     check(&schemas, &both, None).expect_err("tag and promoteFrom");

@@ -1,5 +1,6 @@
 //! Controllers: thin adapters between the Kubernetes API, AWS and the pure decisions in `core`.
 
+pub mod coordinator;
 pub mod error;
 pub mod tenant;
 
@@ -103,5 +104,8 @@ pub async fn run_all(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<b
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    tenant::run(ctx.clone(), wait(shutdown.clone())).await;
+    tokio::join!(
+        tenant::run(ctx.clone(), wait(shutdown.clone())),
+        coordinator::run(ctx.clone(), wait(shutdown.clone())),
+    );
 }

@@ -5,9 +5,11 @@ use super::{Context, Error, FINALIZER, MANAGER};
 use crate::aws::{AwsScope, InstanceQuery, Invocation, InvocationStatus, Ping, SendCommand};
 use crate::core::conditions::{self, Cond};
 use crate::core::report::{HostReport, short_digest};
-use crate::core::tenant::{self as plan, Next, PlanInput};
-use crate::crd::{InFlightCommand, Tenant, TenantStatus, condition as ct};
+use crate::core::tenant::{self as plan, Desired, Next, PlanInput};
+use crate::crd::{ApplyRecord, InFlightCommand, RolloutPolicy, RolloutPolicySpec, Tenant, TenantStatus, condition as ct};
 use crate::host::document;
+use crate::host::revision::{self, DesiredRevision, Rollout};
+use k8s_openapi::api::core::v1::Secret;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -27,7 +29,20 @@ use tracing::{info, warn};
 /// Runs the Tenant controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let tenants = Api::<Tenant>::all(ctx.client.clone());
-    Controller::new(tenants, watcher::Config::default().any_semantic())
+    let secrets = Api::<Secret>::all(ctx.client.clone());
+    let controller = Controller::new(tenants, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    controller
+        .watches(secrets, watcher::Config::default().any_semantic(), move |secret: Secret| {
+            let ns = secret.namespace();
+            let name = secret.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|t| t.namespace() == ns && t.spec.container.env_from.iter().any(|e| e.secret_ref.name == name))
+                .map(|t| kube::runtime::reflector::ObjectRef::from_obj(&*t))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -199,6 +214,14 @@ impl Tenant {
         }
         let reachable = Cond::yes(ct::INSTANCE_REACHABLE, "AgentOnline", format!("the SSM agent of {instance} is online"));
 
+        let (desired, secrets) = match &status.target {
+            Some(target) => match self.desired_revision(ctx, &ns_of(self)?, target).await? {
+                Ok(rev) => (Some(rev), Cond::yes(ct::SECRETS_SYNCED, "SecretsSynced", "every referenced Secret and key is in the target revision")),
+                Err(cond) => (None, cond),
+            },
+            None => (None, Cond::yes(ct::SECRETS_SYNCED, "NoTarget", "no target admitted yet")),
+        };
+        let failed = failed_revision(&status).map(str::to_string);
         let interval = jittered(ctx.settings.observe_interval, &self.uid().unwrap_or_default());
         let next = plan::next(&PlanInput {
             now,
@@ -206,6 +229,12 @@ impl Tenant {
             observation: status.observed.as_ref(),
             observe_interval: interval,
             target: status.target.as_ref(),
+            desired: desired.as_ref().zip(status.target.as_ref()).map(|(d, t)| Desired {
+                id: &d.id,
+                digest: &t.digest,
+                env_revision: &d.env_revision,
+            }),
+            failed_revision: failed.as_deref(),
         });
         let requeue = match next {
             Next::Poll => self.poll(ctx, &scope, &instance, &mut status, &now).await?,
@@ -213,9 +242,16 @@ impl Tenant {
                 self.send(ctx, &scope, &instance, &mut status, "observe", None, &now, generation).await?;
                 ctx.settings.poll_interval
             }
+            Next::Apply => {
+                let rev = desired.as_ref().ok_or(Error::MissingField("desired revision"))?;
+                let name = revision::parameter_name(&ctx.settings.document.param_root, &self.spec.slug, &rev.id);
+                ctx.aws.put_secure_parameter(&scope, &name, &rev.value).await?;
+                self.send(ctx, &scope, &instance, &mut status, "apply", Some(rev.id.clone()), &now, generation).await?;
+                ctx.settings.poll_interval
+            }
             Next::Wait(d) => d,
         };
-        let conds = self.conditions(&status, reachable);
+        let conds = self.conditions(&status, reachable, secrets, desired.as_ref());
         self.write_status(ctx, status, &conds, generation, &now).await?;
         Ok(Action::requeue(requeue))
     }
@@ -244,8 +280,8 @@ impl Tenant {
         };
         status.in_flight = Some(intent.clone());
         // The intent is durable before anything reaches the host.
-        let conds = self.conditions(status, Cond::yes(ct::INSTANCE_REACHABLE, "AgentOnline", "online"));
-        self.write_status(ctx, status.clone(), &conds, generation, now).await?;
+        // Conditions are left as they are; only the intent is added.
+        self.write_status(ctx, status.clone(), &[], generation, now).await?;
         let id = self.send_intent(ctx, scope, instance, &intent, &version).await?;
         ctx.metrics.command(action, "sent");
         if let Some(f) = status.in_flight.as_mut() {
@@ -326,7 +362,8 @@ impl Tenant {
             _ => "undeliverable",
         };
         ctx.metrics.command(&f.action, outcome);
-        match HostReport::parse(&inv.stdout) {
+        let report = HostReport::parse(&inv.stdout);
+        match &report {
             Ok(report) => {
                 let obs = report.to_observation(now.to_string());
                 status.running = plan::serving(&obs).and_then(|(_, s)| s.digest.as_deref()).map(short_digest);
@@ -336,42 +373,163 @@ impl Tenant {
                 warn!(tenant = %self.name_any(), error = %e, status = ?inv.status, "host report unreadable");
             }
         }
+        if f.action != "observe" {
+            let (result, message) = match (&report, &inv.status) {
+                (Ok(r), _) if r.status == "ok" => ("Succeeded", r.detail.clone()),
+                (Ok(r), _) if r.detail.ends_with("rolled-back") => ("RolledBack", r.detail.clone()),
+                (Ok(r), _) => ("Failed", r.detail.clone()),
+                (Err(_), InvocationStatus::TimedOut | InvocationStatus::DeliveryTimedOut) => ("TimedOut", outcome.into()),
+                (Err(e), _) => ("Failed", e.to_string()),
+            };
+            status.history.insert(
+                0,
+                ApplyRecord {
+                    revision: f.revision.clone().unwrap_or_default(),
+                    action: f.action.clone(),
+                    result: result.into(),
+                    message: Some(message),
+                    command_id: f.command_id.clone(),
+                    started_at: f.started_at.clone(),
+                    finished_at: Some(now.to_string()),
+                },
+            );
+            status.history.truncate(ctx.settings.history_limit);
+        }
+    }
+
+    /// The policy that governs this tenant (the built-in default when none is named).
+    async fn policy(&self, ctx: &Context, ns: &str) -> Result<Option<RolloutPolicySpec>, Error> {
+        let Some(name) = &self.spec.rollout_policy else {
+            return Ok(Some(default_policy()));
+        };
+        let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), ns);
+        Ok(api.get_opt(name).await?.map(|p| p.spec))
+    }
+
+    /// The env (plain `env` over every key of the `envFrom` Secrets) and the revision built from it;
+    /// or the condition that says why it cannot be built. Nothing reaches the host in that case.
+    async fn desired_revision(
+        &self,
+        ctx: &Context,
+        ns: &str,
+        target: &crate::crd::Revision,
+    ) -> Result<Result<DesiredRevision, Cond>, Error> {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        let mut env = BTreeMap::new();
+        for from in &self.spec.container.env_from {
+            let Some(secret) = secrets.get_opt(&from.secret_ref.name).await? else {
+                if from.optional {
+                    continue;
+                }
+                return Ok(Err(Cond::no(
+                    ct::SECRETS_SYNCED,
+                    "SecretNotFound",
+                    format!("Secret {} (envFrom) does not exist", from.secret_ref.name),
+                )));
+            };
+            for (k, v) in secret.data.unwrap_or_default() {
+                let key = format!("{}{}", from.prefix.as_deref().unwrap_or(""), k);
+                let Ok(value) = String::from_utf8(v.0) else {
+                    return Ok(Err(Cond::no(
+                        ct::SECRETS_SYNCED,
+                        "InvalidSecretValue",
+                        format!("key {k} of Secret {} is not UTF-8 text", from.secret_ref.name),
+                    )));
+                };
+                env.insert(key, value);
+            }
+        }
+        for e in &self.spec.container.env {
+            env.insert(e.name.clone(), e.value.clone());
+        }
+        let Some(policy) = self.policy(ctx, ns).await? else {
+            return Ok(Err(Cond::no(
+                ct::SECRETS_SYNCED,
+                "PolicyNotFound",
+                format!("RolloutPolicy {} does not exist", self.spec.rollout_policy.as_deref().unwrap_or_default()),
+            )));
+        };
+        let rollout = Rollout {
+            strategy: policy.strategy,
+            health_timeout_secs: policy.health_check.timeout.as_std().as_secs().max(1),
+            health_path: policy.health_check.path.clone().unwrap_or_else(|| self.spec.container.health_path.clone()),
+            keep_warm_secs: u64::try_from(policy.keep_previous_slot_seconds).unwrap_or(0),
+        };
+        let image = target.image.split('@').next().unwrap_or_default();
+        match revision::build(&ctx.settings.env_hmac_key, &self.spec.container, image, &target.digest, &env, &rollout) {
+            Ok(rev) => Ok(Ok(rev)),
+            Err(e @ revision::RevisionError::InvalidEnvName(_)) => {
+                Ok(Err(Cond::no(ct::SECRETS_SYNCED, "InvalidSecretKey", e.to_string())))
+            }
+            Err(e @ revision::RevisionError::TooLarge(_)) => Ok(Err(Cond::no(ct::SECRETS_SYNCED, "EnvTooLarge", e.to_string()))),
+        }
     }
 
     /// Conditions from the current status (after a poll or a send).
-    fn conditions(&self, status: &TenantStatus, reachable: Cond) -> Vec<Cond> {
-        let mut out = vec![reachable];
+    fn conditions(
+        &self,
+        status: &TenantStatus,
+        reachable: Cond,
+        secrets: Cond,
+        desired: Option<&DesiredRevision>,
+    ) -> Vec<Cond> {
+        let secrets_ok = secrets.status;
+        let secrets_msg = secrets.message.clone();
+        let secrets_reason = secrets.reason;
+        let mut out = vec![reachable, secrets];
         let obs = status.observed.as_ref();
         let serving = obs.and_then(plan::serving);
-        match (obs, serving, &status.target) {
-            (None, _, _) => {
+        let failed = status.history.first().filter(|h| h.result != "Succeeded" && h.action == "apply");
+        let runs = |d: &DesiredRevision, t: &crate::crd::Revision| {
+            obs.is_some_and(|o| {
+                plan::runs_desired(o, &Desired { id: &d.id, digest: &t.digest, env_revision: &d.env_revision })
+            })
+        };
+        match (obs, &status.target) {
+            (None, _) => {
                 out.push(Cond::no(ct::READY, "Observing", "waiting for the host's first report"));
                 out.push(Cond::yes(ct::RECONCILING, "Observing", "asking the host what it runs"));
+                out.push(Cond::no(ct::STALLED, "Observing", "not stalled"));
             }
-            (Some(o), _, Some(target)) if plan::runs_target(o, target) => {
-                out.push(Cond::yes(ct::READY, "Converged", format!("the host runs {} and is healthy", target.image)));
-                out.push(Cond::no(ct::RECONCILING, "Converged", "nothing to do"));
-                out.push(Cond::yes(ct::IMAGE_UP_TO_DATE, "Converged", "the serving slot runs the target digest"));
+            (Some(_), Some(_)) if !secrets_ok => {
+                out.push(Cond::no(ct::READY, secrets_reason, secrets_msg.clone()));
+                out.push(Cond::no(ct::RECONCILING, secrets_reason, "waiting for the Secrets to be fixed"));
+                out.push(Cond::yes(ct::STALLED, secrets_reason, secrets_msg));
             }
-            (Some(_), _, Some(target)) => {
-                out.push(Cond::no(ct::READY, "Progressing", format!("the host does not run {} yet", target.image)));
-                out.push(Cond::yes(ct::RECONCILING, "Progressing", "moving the host to the target revision"));
-                out.push(Cond::no(ct::IMAGE_UP_TO_DATE, "Progressing", "the serving slot does not run the target digest"));
-            }
-            (Some(_), Some((slot, s)), None) if s.running && s.health.as_deref() == Some("healthy") => {
-                out.push(Cond::yes(
-                    ct::READY,
-                    "Serving",
-                    format!("no target admitted yet; the {} slot serves healthy", slot.as_str()),
-                ));
-                out.push(Cond::no(ct::RECONCILING, "NoTarget", "no target admitted yet"));
-            }
-            (Some(_), _, None) => {
-                out.push(Cond::no(ct::READY, "NotServing", "no target admitted yet and nothing healthy serves"));
-                out.push(Cond::no(ct::RECONCILING, "NoTarget", "no target admitted yet"));
+            (Some(_), Some(target)) => match desired {
+                Some(d) if runs(d, target) => {
+                    out.push(Cond::yes(ct::READY, "Converged", format!("the host runs {} and is healthy", target.image)));
+                    out.push(Cond::no(ct::RECONCILING, "Converged", "nothing to do"));
+                    out.push(Cond::no(ct::STALLED, "Converged", "not stalled"));
+                    out.push(Cond::yes(ct::IMAGE_UP_TO_DATE, "Converged", "the serving slot runs the target revision"));
+                }
+                Some(d) if failed.is_some_and(|f| f.revision == d.id) && status.in_flight.is_none() => {
+                    let f = failed.map(|f| (f.result.clone(), f.message.clone().unwrap_or_default())).unwrap_or_default();
+                    let reason = if f.0 == "RolledBack" { "RolledBack" } else { "ApplyFailed" };
+                    let message = format!("revision {} failed on the host ({}): {}", d.id, f.0, f.1);
+                    out.push(Cond::no(ct::READY, reason, message.clone()));
+                    out.push(Cond::no(ct::RECONCILING, reason, "not retried until the revision changes"));
+                    out.push(Cond::yes(ct::STALLED, reason, message.clone()));
+                    out.push(Cond::no(ct::IMAGE_UP_TO_DATE, reason, message));
+                }
+                _ => {
+                    out.push(Cond::no(ct::READY, "Progressing", format!("moving the host to {}", target.image)));
+                    out.push(Cond::yes(ct::RECONCILING, "Progressing", "moving the host to the target revision"));
+                    out.push(Cond::no(ct::STALLED, "Progressing", "not stalled"));
+                    out.push(Cond::no(ct::IMAGE_UP_TO_DATE, "Progressing", "the serving slot does not run the target revision"));
+                }
+            },
+            (Some(_), None) => {
+                let healthy = serving.is_some_and(|(_, s)| s.running && s.health.as_deref() == Some("healthy"));
+                if healthy {
+                    out.push(Cond::yes(ct::READY, "Serving", "no target admitted yet; the serving slot is healthy"));
+                } else {
+                    out.push(Cond::no(ct::READY, "NotServing", "no target admitted yet and nothing healthy serves"));
+                }
+                out.push(Cond::no(ct::RECONCILING, "NoTarget", "waiting for the coordinator to admit a revision"));
+                out.push(Cond::no(ct::STALLED, "NoTarget", "not stalled"));
             }
         }
-        out.push(Cond::no(ct::STALLED, "Progressing", "not stalled"));
         out
     }
 
@@ -433,6 +591,29 @@ impl Tenant {
         info!(tenant = %self.name_any(), removed = names.len(), "tenant deleted: parameters removed, host left running");
         Ok(Action::await_change())
     }
+}
+
+fn ns_of(t: &Tenant) -> Result<String, Error> {
+    t.namespace().ok_or(Error::MissingField("metadata.namespace"))
+}
+
+/// The revision whose last apply failed, if the newest apply failed.
+fn failed_revision(status: &TenantStatus) -> Option<&str> {
+    status.history.first().filter(|h| h.action == "apply" && h.result != "Succeeded").map(|h| h.revision.as_str())
+}
+
+/// The policy used when a tenant names none: in place, one at a time, default health check.
+pub fn default_policy() -> RolloutPolicySpec {
+    serde_json::from_value(json!({})).unwrap_or_else(|_| RolloutPolicySpec {
+        strategy: Default::default(),
+        keep_previous_slot_seconds: 600,
+        max_concurrency: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1),
+        stagger: crate::crd::Duration::from_secs(30),
+        canary: Default::default(),
+        health_check: Default::default(),
+        smoke_checks: Vec::new(),
+        max_errors: 0,
+    })
 }
 
 /// A per-tenant stable jitter of up to a fifth of the interval, so observes spread out.

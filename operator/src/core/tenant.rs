@@ -17,6 +17,21 @@ pub struct PlanInput<'a> {
     pub observe_interval: Duration,
     /// The admitted revision, if any.
     pub target: Option<&'a Revision>,
+    /// The revision the host should run (target digest + current env), if it could be built.
+    pub desired: Option<Desired<'a>>,
+    /// The revision whose last apply failed (not retried until the revision changes).
+    pub failed_revision: Option<&'a str>,
+}
+
+/// The revision the host should run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Desired<'a> {
+    /// Revision id.
+    pub id: &'a str,
+    /// Image digest.
+    pub digest: &'a str,
+    /// Env revision.
+    pub env_revision: &'a str,
 }
 
 /// The next step.
@@ -26,6 +41,8 @@ pub enum Next {
     Poll,
     /// Ask the host what it runs.
     Observe,
+    /// Move the host to the desired revision.
+    Apply,
     /// Nothing to do until the report goes stale (after this long).
     Wait(Duration),
 }
@@ -45,6 +62,12 @@ pub fn next(input: &PlanInput<'_>) -> Next {
     };
     let age = input.now.duration_since(at);
     let age = Duration::try_from(age).unwrap_or_default();
+    if let (Some(d), Some(obs)) = (input.desired, input.observation)
+        && !runs_desired(obs, &d)
+        && input.failed_revision != Some(d.id)
+    {
+        return Next::Apply;
+    }
     if age >= input.observe_interval {
         Next::Observe
     } else {
@@ -59,6 +82,16 @@ pub fn runs_target(obs: &HostObservation, target: &Revision) -> bool {
             && s.health.as_deref() == Some("healthy")
             && s.digest.as_deref() == Some(target.digest.as_str())
             && (target.env_revision.is_none() || s.env_revision == target.env_revision)
+    })
+}
+
+/// Whether the serving slot runs exactly this digest and env, healthy.
+pub fn runs_desired(obs: &HostObservation, d: &Desired<'_>) -> bool {
+    serving(obs).is_some_and(|(_, s)| {
+        s.running
+            && s.health.as_deref() == Some("healthy")
+            && s.digest.as_deref() == Some(d.digest)
+            && s.env_revision.as_deref() == Some(d.env_revision)
     })
 }
 
@@ -105,6 +138,8 @@ mod tests {
             observation: Some(&o),
             observe_interval: Duration::from_secs(300),
             target: None,
+            desired: None,
+            failed_revision: None,
         };
         assert_eq!(next(&input), Next::Wait(Duration::from_secs(240)));
         input.now = ts("2026-01-01T00:05:00Z");
@@ -120,6 +155,29 @@ mod tests {
         };
         input.in_flight = Some(&f);
         assert_eq!(next(&input), Next::Poll);
+    }
+
+    #[test]
+    fn applies_when_the_host_differs_unless_that_revision_failed() {
+        let o = obs("2026-01-01T00:00:00Z");
+        let same = Desired { id: "r1", digest: "sha256:aa", env_revision: "e1" };
+        let other = Desired { id: "r2", digest: "sha256:bb", env_revision: "e1" };
+        let mut input = PlanInput {
+            now: ts("2026-01-01T00:01:00Z"),
+            in_flight: None,
+            observation: Some(&o),
+            observe_interval: Duration::from_secs(300),
+            target: None,
+            desired: Some(same),
+            failed_revision: None,
+        };
+        assert_eq!(next(&input), Next::Wait(Duration::from_secs(240)));
+        input.desired = Some(other);
+        assert_eq!(next(&input), Next::Apply);
+        input.failed_revision = Some("r2");
+        assert_eq!(next(&input), Next::Wait(Duration::from_secs(240)));
+        input.now = ts("2026-01-01T00:06:00Z");
+        assert_eq!(next(&input), Next::Observe);
     }
 
     #[test]

@@ -37,13 +37,17 @@ pub struct ImageChannelSpec {
     pub image: String,
 
     /// Tag to follow (`latest`, `staging`).
+    // Not nullable (`with`): an explicit `null` is then pruned like an absent field, as serde
+    // reads it. A nullable field set to `null` counts as present for CEL's `has()`, so
+    // `tag: null` alone would pass the rule above while the operator sees no source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"))]
+    #[schemars(with = "String", regex(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"))]
     pub tag: Option<String>,
 
     /// Take the digest of this channel (same namespace) once it passed a rollout's canary gate.
+    // Not nullable: see `tag`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(min = 1, max = 253))]
+    #[schemars(with = "String", regex(pattern = OBJECT_NAME_PATTERN), length(min = 1, max = 253))]
     pub promote_from: Option<String>,
 
     /// Freeze the channel at this digest (the rollback path).

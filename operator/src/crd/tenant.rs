@@ -20,10 +20,20 @@ use std::collections::BTreeMap;
     category = "fleet",
     printcolumn(json_path = ".spec.tier", name = "Tier", type_ = "string"),
     printcolumn(json_path = ".spec.channel", name = "Channel", type_ = "string"),
-    printcolumn(json_path = ".status.running", name = "Running", type_ = "string", description = "Short digest of the image the active slot runs"),
+    printcolumn(
+        json_path = ".status.running",
+        name = "Running",
+        type_ = "string",
+        description = "Short digest of the image the active slot runs"
+    ),
     printcolumn(json_path = ".status.observed.activeSlot", name = "Slot", type_ = "string"),
     printcolumn(json_path = ".status.conditions[?(@.type==\"Ready\")].status", name = "Ready", type_ = "string"),
-    printcolumn(json_path = ".status.conditions[?(@.type==\"Ready\")].reason", name = "Reason", type_ = "string", priority = 1),
+    printcolumn(
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        name = "Reason",
+        type_ = "string",
+        priority = 1
+    ),
     printcolumn(json_path = ".status.instanceId", name = "Instance", type_ = "string", priority = 1),
     printcolumn(json_path = ".metadata.creationTimestamp", name = "Age", type_ = "date")
 )]
@@ -81,13 +91,17 @@ pub enum Tier {
 #[x_kube(validation = Rule::new("has(self.id) != has(self.tags)").message("exactly one of instance.id or instance.tags must be set"))]
 pub struct InstanceRef {
     /// EC2 instance id.
+    // Not nullable (`with`): an explicit `null` is then pruned like an absent field, as serde
+    // reads it. A nullable field set to `null` counts as present for CEL's `has()`, so
+    // `id: null` alone would pass the rule below while the operator sees neither id nor tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = "^i-([0-9a-f]{8}|[0-9a-f]{17})$"))]
+    #[schemars(with = "String", regex(pattern = "^i-([0-9a-f]{8}|[0-9a-f]{17})$"))]
     pub id: Option<String>,
 
     /// Tags that select exactly one instance (in addition to the managed and org tags).
+    // `length` does not reach a map's schema; the bounds are written out. Not nullable: see `id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 10))]
+    #[schemars(with = "BTreeMap<String, String>", extend("minProperties" = 1, "maxProperties" = 10))]
     #[x_kube(validation = Rule::new("self.all(k, k.size() <= 128 && !k.startsWith('aws:'))").message("tag keys are at most 128 characters and may not start with aws:"))]
     #[x_kube(validation = Rule::new("self.all(k, self[k].size() <= 256)").message("tag values are at most 256 characters"))]
     pub tags: Option<BTreeMap<String, String>>,
@@ -152,8 +166,9 @@ pub struct ContainerSpec {
     pub restart_policy: RestartPolicy,
 
     /// Extra container labels. Keys under `fleet.molecule.ai/` are reserved.
+    // `length` does not reach a map's schema; the bound is written out.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(extend("maxProperties" = 64))]
     #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('fleet.molecule.ai/'))").message("label keys under fleet.molecule.ai/ are reserved"))]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$'))").message("label keys must be 1-128 characters of letters, digits, '.', '_', '-', '/'"))]
     pub labels: BTreeMap<String, String>,

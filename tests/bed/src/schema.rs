@@ -59,11 +59,7 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: &str, reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            field: field.to_string(),
-            message: message.into(),
-            reason: reason.to_string(),
-        }
+        Self { field: field.to_string(), message: message.into(), reason: reason.to_string() }
     }
 }
 
@@ -93,10 +89,7 @@ pub fn format_errors(errors: &[FieldError]) -> String {
 /// `Tenant.fleet.molecule.ai "acme" is invalid: spec.slug: Invalid value: ...`.
 /// `kind_group` is `Kind.group` (just `Kind` for the core group).
 pub fn format_invalid(kind_group: &str, name: &str, errors: &[FieldError]) -> String {
-    format!(
-        "{kind_group} \"{name}\" is invalid: {}",
-        format_errors(errors)
-    )
+    format!("{kind_group} \"{name}\" is invalid: {}", format_errors(errors))
 }
 
 /// Prunes, defaults and validates `obj` (a whole custom resource: `apiVersion`, `kind`,
@@ -119,11 +112,7 @@ pub fn validate(schema: &Value, obj: &Value, old: Option<&Value>) -> Result<Valu
             }
         }
     }
-    if errors.is_empty() {
-        Ok(cleaned)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(cleaned) } else { Err(errors) }
 }
 
 thread_local! {
@@ -139,18 +128,12 @@ fn cel_error(e: &kube::core::cel::ValidationError) -> FieldError {
         REASON_DUPLICATE => format!("Duplicate value: {}", e.message),
         _ => format!("Invalid value: \"object\": {}", e.message),
     };
-    FieldError {
-        field: e.field_path.clone(),
-        message,
-        reason,
-    }
+    FieldError { field: e.field_path.clone(), message, reason }
 }
 
 fn has_cel_rules(schema: &Value) -> bool {
     match schema {
-        Value::Object(m) => {
-            m.contains_key("x-kubernetes-validations") || m.values().any(has_cel_rules)
-        }
+        Value::Object(m) => m.contains_key("x-kubernetes-validations") || m.values().any(has_cel_rules),
         Value::Array(a) => a.iter().any(has_cel_rules),
         _ => false,
     }
@@ -197,12 +180,9 @@ fn prune_and_default(schema: &Value, value: Value, keep_meta: bool) -> Value {
             Value::Object(out)
         }
         Value::Array(items) => match schema.get("items") {
-            Some(item_schema) if item_schema.is_object() => Value::Array(
-                items
-                    .into_iter()
-                    .map(|v| prune_and_default(item_schema, v, false))
-                    .collect(),
-            ),
+            Some(item_schema) if item_schema.is_object() => {
+                Value::Array(items.into_iter().map(|v| prune_and_default(item_schema, v, false)).collect())
+            }
             _ => Value::Array(items),
         },
         other => other,
@@ -210,11 +190,7 @@ fn prune_and_default(schema: &Value, value: Value, keep_meta: bool) -> Value {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -240,19 +216,11 @@ fn shown(v: &Value) -> String {
 }
 
 fn body_path(path: &str) -> String {
-    if path.is_empty() {
-        "body".to_string()
-    } else {
-        format!("{path} in body")
-    }
+    if path.is_empty() { "body".to_string() } else { format!("{path} in body") }
 }
 
 fn invalid(path: &str, v: &Value, detail: &str) -> FieldError {
-    FieldError::new(
-        path,
-        REASON_INVALID,
-        format!("Invalid value: {}: {} {detail}", shown(v), body_path(path)),
-    )
+    FieldError::new(path, REASON_INVALID, format!("Invalid value: {}: {} {detail}", shown(v), body_path(path)))
 }
 
 fn type_matches(ty: &str, v: &Value) -> bool {
@@ -263,9 +231,7 @@ fn type_matches(ty: &str, v: &Value) -> bool {
         "boolean" => v.is_boolean(),
         "number" => v.is_number(),
         "integer" => match v {
-            Value::Number(n) => {
-                n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
-            }
+            Value::Number(n) => n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0),
             _ => false,
         },
         _ => true,
@@ -279,10 +245,7 @@ fn regex_for(pattern: &str) -> Option<regex::Regex> {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     };
-    guard
-        .entry(pattern.to_string())
-        .or_insert_with(|| regex::Regex::new(pattern).ok())
-        .clone()
+    guard.entry(pattern.to_string()).or_insert_with(|| regex::Regex::new(pattern).ok()).clone()
 }
 
 fn num(schema: &Value, key: &str) -> Option<f64> {
@@ -290,10 +253,7 @@ fn num(schema: &Value, key: &str) -> Option<f64> {
 }
 
 fn count(schema: &Value, key: &str) -> Option<usize> {
-    schema
-        .get(key)
-        .and_then(Value::as_u64)
-        .and_then(|n| usize::try_from(n).ok())
+    schema.get(key).and_then(Value::as_u64).and_then(|n| usize::try_from(n).ok())
 }
 
 /// Value validation of one node (after pruning and defaulting).
@@ -305,10 +265,7 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(
                 path,
                 REASON_TYPE_INVALID,
-                format!(
-                    "Invalid value: \"null\": {} must be of type {ty}: \"null\"",
-                    body_path(path)
-                ),
+                format!("Invalid value: \"null\": {} must be of type {ty}: \"null\"", body_path(path)),
             ));
         }
         return;
@@ -350,11 +307,7 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<FieldError>) {
         errors.push(FieldError::new(
             path,
             REASON_NOT_SUPPORTED,
-            format!(
-                "Unsupported value: {}: supported values: {}",
-                shown(v),
-                supported.join(", ")
-            ),
+            format!("Unsupported value: {}: supported values: {}", shown(v), supported.join(", ")),
         ));
     }
 
@@ -395,11 +348,7 @@ fn check_string(schema: &Value, v: &Value, s: &str, path: &str, errors: &mut Vec
     if let Some(max) = count(schema, "maxLength")
         && len > max
     {
-        errors.push(FieldError::new(
-            path,
-            REASON_TOO_LONG,
-            format!("Too long: may not be more than {max} bytes"),
-        ));
+        errors.push(FieldError::new(path, REASON_TOO_LONG, format!("Too long: may not be more than {max} bytes")));
     }
     if let Some(min) = count(schema, "minLength")
         && len < min
@@ -412,9 +361,7 @@ fn check_string(schema: &Value, v: &Value, s: &str, path: &str, errors: &mut Vec
             _ => errors.push(invalid(path, v, &format!("should match '{pattern}'"))),
         }
     }
-    if schema.get("format").and_then(Value::as_str) == Some("date-time")
-        && s.parse::<jiff::Timestamp>().is_err()
-    {
+    if schema.get("format").and_then(Value::as_str) == Some("date-time") && s.parse::<jiff::Timestamp>().is_err() {
         errors.push(invalid(path, v, "must be of type date-time"));
     }
 }
@@ -428,11 +375,7 @@ fn check_number(schema: &Value, v: &Value, n: f64, path: &str, errors: &mut Vec<
         if excl_min_flag && n <= min {
             errors.push(invalid(path, v, &format!("should be greater than {min}")));
         } else if n < min {
-            errors.push(invalid(
-                path,
-                v,
-                &format!("should be greater than or equal to {min}"),
-            ));
+            errors.push(invalid(path, v, &format!("should be greater than or equal to {min}")));
         }
     }
     if let Some(min) = num(schema, "exclusiveMinimum")
@@ -460,21 +403,11 @@ fn check_number(schema: &Value, v: &Value, n: f64, path: &str, errors: &mut Vec<
     }
 }
 
-fn check_object(
-    schema: &Value,
-    v: &Value,
-    map: &Map<String, Value>,
-    path: &str,
-    errors: &mut Vec<FieldError>,
-) {
+fn check_object(schema: &Value, v: &Value, map: &Map<String, Value>, path: &str, errors: &mut Vec<FieldError>) {
     if let Some(required) = schema.get("required").and_then(Value::as_array) {
         for key in required.iter().filter_map(Value::as_str) {
             if !map.contains_key(key) {
-                errors.push(FieldError::new(
-                    &join(path, key),
-                    REASON_REQUIRED,
-                    "Required value",
-                ));
+                errors.push(FieldError::new(&join(path, key), REASON_REQUIRED, "Required value"));
             }
         }
     }
@@ -538,16 +471,8 @@ fn check_junctors(schema: &Value, v: &Value, path: &str, errors: &mut Vec<FieldE
     {
         let ok = one.iter().filter(|b| passes(b, v, path)).count();
         if ok != 1 {
-            let found = if ok == 0 {
-                "Found none valid".to_string()
-            } else {
-                format!("Found {ok} valid alternatives")
-            };
-            errors.push(invalid(
-                path,
-                v,
-                &format!("must validate one and only one schema (oneOf). {found}"),
-            ));
+            let found = if ok == 0 { "Found none valid".to_string() } else { format!("Found {ok} valid alternatives") };
+            errors.push(invalid(path, v, &format!("must validate one and only one schema (oneOf). {found}")));
         }
     }
     if let Some(not) = schema.get("not")
@@ -639,37 +564,34 @@ mod tests {
         );
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         for f in [
-            "spec.slug", "spec.tier", "spec.replicas", "spec.port", "spec.at", "spec.labels.k",
-            "spec.items", "spec.items[0].name",
+            "spec.slug",
+            "spec.tier",
+            "spec.replicas",
+            "spec.port",
+            "spec.at",
+            "spec.labels.k",
+            "spec.items",
+            "spec.items[0].name",
         ] {
             assert!(fields.contains(&f), "{f} missing in {fields:?}");
         }
         let tier = errs.iter().find(|e| e.field == "spec.tier").unwrap();
         assert_eq!(tier.reason, REASON_NOT_SUPPORTED);
-        assert_eq!(
-            tier.message,
-            "Unsupported value: \"gold\": supported values: \"canary\", \"production\""
-        );
+        assert_eq!(tier.message, "Unsupported value: \"gold\": supported values: \"canary\", \"production\"");
     }
 
     #[test]
     fn required_and_types() {
         let errs = validate(&schema(), &obj(json!({"replicas": 1.5})), None).unwrap_err();
         assert!(errs.iter().any(|e| e.field == "spec.slug" && e.message == "Required value"));
-        assert!(errs.iter().any(|e| e.field == "spec.replicas"
-            && e.message.contains("must be of type integer")));
+        assert!(errs.iter().any(|e| e.field == "spec.replicas" && e.message.contains("must be of type integer")));
         assert!(validate(&schema(), &obj(json!({"slug": "a", "port": "http"})), None).is_ok());
         assert!(validate(&schema(), &obj(json!({"slug": "a", "port": 80})), None).is_ok());
     }
 
     #[test]
     fn cel_rules_and_transition_rules() {
-        let errs = validate(
-            &schema(),
-            &obj(json!({"slug": "a", "tier": "canary", "replicas": 9})),
-            None,
-        )
-        .unwrap_err();
+        let errs = validate(&schema(), &obj(json!({"slug": "a", "tier": "canary", "replicas": 9})), None).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].field, "spec.replicas");
         assert!(errs[0].message.contains("canary tenants have at most 5 replicas"));

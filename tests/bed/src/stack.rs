@@ -34,11 +34,7 @@ pub const REGION: &str = "us-east-1";
 /// The repository root (two levels above this crate's manifest).
 pub fn repo_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or(manifest)
+    manifest.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or(manifest)
 }
 
 /// The test bed's Python venv (created by `scripts/bootstrap`).
@@ -114,6 +110,9 @@ impl Stack {
         fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
         prune_old_runs(&root.join(".testbed/runs"));
         let python = venv_bin("python");
+        // Other crates in the workspace build reqwest with rustls and no provider of its own; the
+        // process-wide provider must be there before any client is built ("already installed" is fine).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
@@ -188,12 +187,7 @@ impl Stack {
 
     /// Runs an instance in moto with `tags`, registers it with the simulator at its own loopback
     /// address and writes the org slug to `<sandbox>/etc/tenant-operator/org`.
-    pub async fn launch_host(
-        &self,
-        org_slug: &str,
-        tags: &[(&str, &str)],
-        state: HostState,
-    ) -> Result<String> {
+    pub async fn launch_host(&self, org_slug: &str, tags: &[(&str, &str)], state: HostState) -> Result<String> {
         let ami = self.ami.get_or_try_init(|| self.first_ami()).await?.clone();
         let mut form: Vec<(String, String)> = vec![
             ("Action".into(), "RunInstances".into()),
@@ -236,25 +230,23 @@ impl Stack {
             fs::create_dir_all(dir)?;
         }
         fs::write(&org_file, format!("{org_slug}\n"))?;
-        self.hosts
-            .lock()
-            .map_err(|_| anyhow!("hosts lock poisoned"))?
-            .insert(instance.clone(), addr);
+        self.hosts.lock().map_err(|_| anyhow!("hosts lock poisoned"))?.insert(instance.clone(), addr);
         Ok(instance)
     }
 
     /// Pushes a tiny image (labels drive the slot app's behaviour, see tests/sim/slot_app.py);
     /// with `multiarch`, an OCI index of linux/amd64 + linux/arm64. Returns the tag's digest.
-    pub async fn push_image(
-        &self,
-        repo: &str,
-        tag: &str,
-        labels: &[(&str, &str)],
-        multiarch: bool,
-    ) -> Result<String> {
+    pub async fn push_image(&self, repo: &str, tag: &str, labels: &[(&str, &str)], multiarch: bool) -> Result<String> {
         let mut cmd = Command::new(venv_bin("python"));
-        cmd.arg(repo_root().join("tests/sim/registry.py"))
-            .args(["push", "--registry", &self.registry, "--repo", repo, "--tag", tag]);
+        cmd.arg(repo_root().join("tests/sim/registry.py")).args([
+            "push",
+            "--registry",
+            &self.registry,
+            "--repo",
+            repo,
+            "--tag",
+            tag,
+        ]);
         for (k, v) in labels {
             cmd.arg("--label").arg(format!("{k}={v}"));
         }
@@ -296,12 +288,8 @@ impl Stack {
     /// Every invocation so far: instance, command id, comment, document version, parameters,
     /// requested/start/end (epoch seconds), status, status details.
     pub async fn timeline(&self) -> Result<Value> {
-        let resp = self
-            .http
-            .get(format!("{}/_sim/timeline", self.ssm_url))
-            .send()
-            .await
-            .context("GET /_sim/timeline")?;
+        let resp =
+            self.http.get(format!("{}/_sim/timeline", self.ssm_url)).send().await.context("GET /_sim/timeline")?;
         resp.error_for_status()?.json().await.context("decoding the timeline")
     }
 
@@ -329,26 +317,18 @@ impl Stack {
 
     /// The host's loopback address (its containers publish their ports there); empty if unknown.
     pub fn host_addr(&self, instance: &str) -> String {
-        self.hosts
-            .lock()
-            .ok()
-            .and_then(|h| h.get(instance).cloned())
-            .unwrap_or_default()
+        self.hosts.lock().ok().and_then(|h| h.get(instance).cloned()).unwrap_or_default()
     }
 
     async fn first_ami(&self) -> Result<String> {
-        let body = self
-            .ec2(&[("Action".into(), "DescribeImages".into()), ("Version".into(), "2016-11-15".into())])
-            .await?;
+        let body =
+            self.ec2(&[("Action".into(), "DescribeImages".into()), ("Version".into(), "2016-11-15".into())]).await?;
         xml_first(&body, "imageId").ok_or_else(|| anyhow!("moto DescribeImages returned no image"))
     }
 
     async fn ec2(&self, form: &[(String, String)]) -> Result<String> {
-        let body: String = form
-            .iter()
-            .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
+        let body: String =
+            form.iter().map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v))).collect::<Vec<_>>().join("&");
         let resp = self
             .http
             .post(format!("{}/", self.moto_url))
@@ -392,9 +372,14 @@ impl Drop for Stack {
             }
             let _ = sim.start_kill();
         }
-        for child in [self.registry_proc.take(), self.moto.take()].into_iter().flatten() {
-            let mut child = child;
+        let mut others: Vec<Child> = [self.registry_proc.take(), self.moto.take()].into_iter().flatten().collect();
+        for child in &mut others {
             let _ = child.start_kill();
+        }
+        // reap them, so no zombie outlives the stack
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && !others.iter_mut().all(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
@@ -531,15 +516,16 @@ mod tests {
         let addr = stack.host_addr(&id);
         assert!(addr.starts_with("127."));
 
-        // the legacy container answers on the host's own address
-        let health: Value = stack
-            .http
-            .get(format!("http://{addr}:8080/health"))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        // the legacy container answers on the host's own address (once its app is listening)
+        let url = format!("http://{addr}:8080/health");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let health: Value = loop {
+            match stack.http.get(&url).send().await {
+                Ok(resp) if resp.status().is_success() => break resp.json().await?,
+                _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => bail!("{url} never answered: {other:?}"),
+            }
+        };
         assert_eq!(health["digest"], digest);
 
         // the instance is in moto with its tags
@@ -560,10 +546,19 @@ mod tests {
             "mainSteps": [{"action": "aws:runShellScript", "name": "apply",
                            "inputs": {"runCommand": ["echo rev={{ rev }} org=$(cat $TENANT_HOST_ROOT/etc/tenant-operator/org)"]}}]
         });
-        ssm(&stack, "CreateDocument", json!({"Name": "bed-smoke", "DocumentType": "Command",
-                                              "Content": content.to_string()})).await?;
-        let sent = ssm(&stack, "SendCommand", json!({"DocumentName": "bed-smoke", "InstanceIds": [id],
-                                                      "Comment": "token-1", "Parameters": {"rev": ["r1"]}}))
+        ssm(
+            &stack,
+            "CreateDocument",
+            json!({"Name": "bed-smoke", "DocumentType": "Command",
+                                              "Content": content.to_string()}),
+        )
+        .await?;
+        let sent = ssm(
+            &stack,
+            "SendCommand",
+            json!({"DocumentName": "bed-smoke", "InstanceIds": [id],
+                                                      "Comment": "token-1", "Parameters": {"rev": ["r1"]}}),
+        )
         .await?;
         let cid = sent["Command"]["CommandId"].as_str().unwrap_or_default().to_string();
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -7,12 +7,7 @@ use crate::schema::{FieldError, REASON_INVALID, REASON_REQUIRED};
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(ToString::to_string)
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(Value::as_str).map(ToString::to_string).collect())
         .unwrap_or_default()
 }
 
@@ -32,20 +27,13 @@ pub(crate) fn check(crd: &Value) -> Result<(), Vec<FieldError>> {
     req("spec.group", !s("/spec/group").is_empty());
     req("spec.names.plural", !s("/spec/names/plural").is_empty());
     req("spec.names.kind", !s("/spec/names/kind").is_empty());
-    req(
-        "spec.versions",
-        crd.pointer("/spec/versions")
-            .and_then(Value::as_array)
-            .is_some_and(|v| !v.is_empty()),
-    );
+    req("spec.versions", crd.pointer("/spec/versions").and_then(Value::as_array).is_some_and(|v| !v.is_empty()));
     let expected = format!("{}.{}", s("/spec/names/plural"), s("/spec/group"));
     let name = s("/metadata/name");
     if errs.is_empty() && name != expected {
         errs.push(FieldError {
             field: "metadata.name".to_string(),
-            message: format!(
-                "Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"
-            ),
+            message: format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
             reason: REASON_INVALID.to_string(),
         });
     }
@@ -53,9 +41,7 @@ pub(crate) fn check(crd: &Value) -> Result<(), Vec<FieldError>> {
     if errs.is_empty() && scope != "Namespaced" && scope != "Cluster" {
         errs.push(FieldError {
             field: "spec.scope".to_string(),
-            message: format!(
-                "Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""
-            ),
+            message: format!("Unsupported value: \"{scope}\": supported values: \"Cluster\", \"Namespaced\""),
             reason: REASON_INVALID.to_string(),
         });
     }
@@ -69,11 +55,8 @@ pub(crate) fn resource_type(crd: &Value) -> Option<ResourceType> {
     let names = spec.get("names")?;
     let plural = names.get("plural")?.as_str()?.to_string();
     let kind = names.get("kind")?.as_str()?.to_string();
-    let singular = names
-        .get("singular")
-        .and_then(Value::as_str)
-        .map(ToString::to_string)
-        .unwrap_or_else(|| kind.to_lowercase());
+    let singular =
+        names.get("singular").and_then(Value::as_str).map(ToString::to_string).unwrap_or_else(|| kind.to_lowercase());
     let mut status_subresource = false;
     let mut versions = Vec::new();
     for v in spec.get("versions")?.as_array()? {
@@ -86,11 +69,7 @@ pub(crate) fn resource_type(crd: &Value) -> Option<ResourceType> {
         versions.push(VersionInfo {
             name: v.get("name")?.as_str()?.to_string(),
             schema: v.pointer("/schema/openAPIV3Schema").cloned(),
-            printer_columns: v
-                .get("additionalPrinterColumns")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
+            printer_columns: v.get("additionalPrinterColumns").and_then(Value::as_array).cloned().unwrap_or_default(),
         });
     }
     if versions.is_empty() {

@@ -45,10 +45,8 @@ fn groups(shared: &Shared) -> BTreeMap<String, Vec<String>> {
 }
 
 fn group_json(name: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions
-        .iter()
-        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
-        .collect();
+    let vs: Vec<Value> =
+        versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
     json!({
         "name": name,
         "versions": vs,
@@ -57,43 +55,23 @@ fn group_json(name: &str, versions: &[String]) -> Value {
 }
 
 pub(crate) fn api_groups(shared: &Shared) -> Value {
-    let groups: Vec<Value> = groups(shared)
-        .iter()
-        .map(|(g, vs)| group_json(g, vs))
-        .collect();
+    let groups: Vec<Value> = groups(shared).iter().map(|(g, vs)| group_json(g, vs)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub(crate) fn api_group(shared: &Shared, group: &str) -> Result<Response, ApiError> {
     let groups = groups(shared);
-    let vs = groups
-        .get(group)
-        .ok_or_else(|| ApiError::not_found_path(&format!("/apis/{group}")))?;
+    let vs = groups.get(group).ok_or_else(|| ApiError::not_found_path(&format!("/apis/{group}")))?;
     let mut body = group_json(group, vs);
     body["kind"] = json!("APIGroup");
     body["apiVersion"] = json!("v1");
     Ok(json_response(StatusCode::OK, &body))
 }
 
-const ALL_VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+const ALL_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 fn types_in(shared: &Shared, group: &str, version: &str) -> Vec<ResourceType> {
-    shared
-        .lock()
-        .types
-        .values()
-        .filter(|rt| rt.group == group && rt.version(version).is_some())
-        .cloned()
-        .collect()
+    shared.lock().types.values().filter(|rt| rt.group == group && rt.version(version).is_some()).cloned().collect()
 }
 
 pub(crate) fn resource_list(shared: &Shared, group: &str, version: &str) -> Result<Response, ApiError> {
@@ -131,11 +109,7 @@ pub(crate) fn resource_list(shared: &Shared, group: &str, version: &str) -> Resu
             }));
         }
     }
-    let gv = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
     Ok(json_response(
         StatusCode::OK,
         &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
@@ -146,11 +120,7 @@ pub(crate) fn resource_list(shared: &Shared, group: &str, version: &str) -> Resu
 fn definition_name(rt: &ResourceType, version: &str) -> String {
     let mut parts: Vec<&str> = rt.group.split('.').collect();
     parts.reverse();
-    let g = if rt.group.is_empty() {
-        "io.k8s.api.core".to_string()
-    } else {
-        parts.join(".")
-    };
+    let g = if rt.group.is_empty() { "io.k8s.api.core".to_string() } else { parts.join(".") };
     format!("{g}.{version}.{}", rt.kind)
 }
 
@@ -176,21 +146,15 @@ fn query_param(name: &str) -> Value {
 /// Paths of one resource type (v3): enough for kubectl to see which query parameters
 /// (`fieldValidation`, `fieldManager`, `dryRun`) the server supports per kind.
 fn v3_paths(rt: &ResourceType, version: &str, out: &mut serde_json::Map<String, Value>) {
-    let prefix = if rt.group.is_empty() {
-        format!("/api/{version}")
-    } else {
-        format!("/apis/{}/{version}", rt.group)
-    };
+    let prefix = if rt.group.is_empty() { format!("/api/{version}") } else { format!("/apis/{}/{version}", rt.group) };
     let base = if rt.namespaced {
         format!("{prefix}/namespaces/{{namespace}}/{}", rt.plural)
     } else {
         format!("{prefix}/{}", rt.plural)
     };
     let ext = json!({"group": rt.group, "version": version, "kind": rt.kind});
-    let params: Vec<Value> = ["dryRun", "fieldManager", "fieldValidation", "force"]
-        .iter()
-        .map(|n| query_param(n))
-        .collect();
+    let params: Vec<Value> =
+        ["dryRun", "fieldManager", "fieldValidation", "force"].iter().map(|n| query_param(n)).collect();
     let reference = json!({"$ref": format!("#/components/schemas/{}", definition_name(rt, version))});
     let op = |action: &str| {
         json!({
@@ -200,10 +164,7 @@ fn v3_paths(rt: &ResourceType, version: &str, out: &mut serde_json::Map<String, 
             "responses": {"200": {"content": {"application/json": {"schema": reference}}}},
         })
     };
-    out.insert(
-        base.clone(),
-        json!({"post": op("post"), "get": op("list")}),
-    );
+    out.insert(base.clone(), json!({"post": op("post"), "get": op("list")}));
     out.insert(
         format!("{base}/{{name}}"),
         json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}),
@@ -211,10 +172,8 @@ fn v3_paths(rt: &ResourceType, version: &str, out: &mut serde_json::Map<String, 
 }
 
 fn v3_document(shared: &Shared, group: &str, version: &str) -> Option<Value> {
-    let types: Vec<ResourceType> = types_in(shared, group, version)
-        .into_iter()
-        .filter(|rt| rt.view == View::Stored)
-        .collect();
+    let types: Vec<ResourceType> =
+        types_in(shared, group, version).into_iter().filter(|rt| rt.view == View::Stored).collect();
     if types.is_empty() {
         return None;
     }
@@ -233,12 +192,7 @@ fn v3_document(shared: &Shared, group: &str, version: &str) -> Option<Value> {
 }
 
 /// `/openapi/v2` and `/openapi/v3[/...]`.
-pub(crate) fn openapi(
-    shared: &Shared,
-    rest: &[&str],
-    uri: &Uri,
-    accept: &str,
-) -> Result<Response, ApiError> {
+pub(crate) fn openapi(shared: &Shared, rest: &[&str], uri: &Uri, accept: &str) -> Result<Response, ApiError> {
     match rest {
         ["v2"] if accept.contains("protobuf") => Ok(proto_v2_document()),
         ["v2"] => {

@@ -18,12 +18,7 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub(crate) fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason,
-            message: message.into(),
-            details: None,
-        }
+        Self { code, reason, message: message.into(), details: None }
     }
 
     fn with_details(mut self, details: Value) -> Self {
@@ -45,21 +40,13 @@ impl ApiError {
     }
 
     pub(crate) fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            format!("{} \"{name}\" not found", rt.qualified_plural()),
-        )
-        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        Self::new(404, "NotFound", format!("{} \"{name}\" not found", rt.qualified_plural()))
+            .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
     }
 
     pub(crate) fn already_exists(rt: &ResourceType, name: &str) -> Self {
-        Self::new(
-            409,
-            "AlreadyExists",
-            format!("{} \"{name}\" already exists", rt.qualified_plural()),
-        )
-        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
+        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", rt.qualified_plural()))
+            .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural}))
     }
 
     pub(crate) fn conflict(rt: &ResourceType, name: &str) -> Self {
@@ -76,13 +63,10 @@ impl ApiError {
 
     /// `422 Invalid` with one cause per field error.
     pub(crate) fn invalid(rt: &ResourceType, name: &str, errors: &[FieldError]) -> Self {
-        let causes: Vec<Value> = errors
-            .iter()
-            .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
-            .collect();
-        Self::new(422, "Invalid", format_invalid(&rt.qualified_kind(), name, errors)).with_details(
-            json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}),
-        )
+        let causes: Vec<Value> =
+            errors.iter().map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field})).collect();
+        Self::new(422, "Invalid", format_invalid(&rt.qualified_kind(), name, errors))
+            .with_details(json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}))
     }
 
     /// `422 Invalid` for a single field.
@@ -139,9 +123,6 @@ impl IntoResponse for ApiError {
 pub(crate) fn json_response(code: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut resp = (code, bytes).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }

@@ -8,23 +8,15 @@ pub(crate) fn to_core_v1(ev: &Value) -> Value {
     let series_count = ev.pointer("/series/count").cloned();
     let series_last = ev.pointer("/series/lastObservedTime").cloned();
     let event_time = get("eventTime").filter(|v| !v.is_null());
-    let first = get("deprecatedFirstTimestamp")
-        .filter(|v| !v.is_null())
-        .or_else(|| event_time.clone());
-    let last = series_last
-        .or_else(|| get("deprecatedLastTimestamp").filter(|v| !v.is_null()))
-        .or_else(|| event_time.clone());
-    let count = series_count
-        .or_else(|| get("deprecatedCount").filter(|v| !v.is_null()))
-        .unwrap_or(json!(1));
+    let first = get("deprecatedFirstTimestamp").filter(|v| !v.is_null()).or_else(|| event_time.clone());
+    let last =
+        series_last.or_else(|| get("deprecatedLastTimestamp").filter(|v| !v.is_null())).or_else(|| event_time.clone());
+    let count = series_count.or_else(|| get("deprecatedCount").filter(|v| !v.is_null())).unwrap_or(json!(1));
     let mut out = Map::new();
     out.insert("apiVersion".into(), json!("v1"));
     out.insert("kind".into(), json!("Event"));
     out.insert("metadata".into(), get("metadata").unwrap_or(json!({})));
-    out.insert(
-        "involvedObject".into(),
-        get("regarding").unwrap_or(json!({})),
-    );
+    out.insert("involvedObject".into(), get("regarding").unwrap_or(json!({})));
     let put = |out: &mut Map<String, Value>, k: &str, v: Option<Value>| {
         if let Some(v) = v.filter(|v| !v.is_null()) {
             out.insert(k.to_string(), v);

@@ -35,10 +35,7 @@ pub(crate) enum Shape {
 }
 
 fn shape(headers: &HeaderMap) -> Shape {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     // The first acceptable media type wins; we can produce Table, PartialObjectMetadata and JSON.
     for part in accept.split(',') {
         if part.contains("as=Table") {
@@ -75,13 +72,7 @@ pub(crate) async fn handle(
 ) -> Response {
     let path = uri.path().to_string();
     let query = parse_query(&uri);
-    let segs: Vec<String> = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            percent_decode(s)
-        })
-        .collect();
+    let segs: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     tracing::debug!(%method, %uri, "fake apiserver request");
     let result = match segs.as_slice() {
@@ -91,10 +82,7 @@ pub(crate) async fn handle(
             &shared,
             rest,
             &uri,
-            headers
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
+            headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or(""),
         ),
         ["api"] => Ok(json_response(StatusCode::OK, &discovery::api_versions())),
         ["apis"] => Ok(json_response(StatusCode::OK, &discovery::api_groups(&shared))),
@@ -115,15 +103,18 @@ pub(crate) async fn handle(
 }
 
 fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        char::from(b).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && i + 2 < bytes.len() + 0
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+            && let (Some(h), Some(l)) =
+                (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
         {
-            out.push(b);
+            out.push(h * 16 + l);
             i += 3;
             continue;
         }
@@ -133,12 +124,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn parse_target(
-    shared: &Shared,
-    group: &str,
-    version: &str,
-    rest: &[&str],
-) -> Result<Target, ApiError> {
+fn parse_target(shared: &Shared, group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
     let (ns, plural, name, sub) = match rest {
         ["namespaces", ns, plural, tail @ ..]
             if !(tail.is_empty() && (*plural == "status" || *plural == "finalize")) =>
@@ -154,9 +140,7 @@ fn parse_target(
     let rt = shared
         .lock()
         .find_type(group, version, plural)
-        .ok_or_else(|| {
-            ApiError::not_found_path(&format!("{}/{version}/{plural}", group))
-        })?;
+        .ok_or_else(|| ApiError::not_found_path(&format!("{}/{version}/{plural}", group)))?;
     if ns.is_some() && !rt.namespaced {
         return Err(ApiError::not_found_path(&rest.join("/")));
     }
@@ -195,9 +179,7 @@ fn resource(
             t.rt.plural
         )));
     }
-    let manager = q("fieldManager")
-        .map(ToString::to_string)
-        .unwrap_or_else(|| default_manager(headers));
+    let manager = q("fieldManager").map(ToString::to_string).unwrap_or_else(|| default_manager(headers));
     let dry_run = q("dryRun").is_some_and(|d| d == "All");
     match (method, &t.name) {
         (Method::GET, None) => {
@@ -210,9 +192,7 @@ fn resource(
         }
         (Method::GET, Some(name)) => {
             let st = shared.lock();
-            let obj = st
-                .get(&t.rt.storage, &obj_key(&t, name))
-                .ok_or_else(|| ApiError::not_found(&t.rt, name))?;
+            let obj = st.get(&t.rt.storage, &obj_key(&t, name)).ok_or_else(|| ApiError::not_found(&t.rt, name))?;
             let obj = present(&t.rt, &t.version, obj);
             let rv = st.rv.to_string();
             drop(st);
@@ -229,11 +209,7 @@ fn resource(
             Ok(shaped(&t, shape, vec![updated], "", false))
         }
         (Method::PATCH, Some(name)) => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
+            let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let force = q("force").is_some_and(|f| f == "true");
             let field_manager = q("fieldManager").map(ToString::to_string);
             let (code, obj) = patch_object(
@@ -242,28 +218,17 @@ fn resource(
                 name,
                 &ct,
                 &body,
-                PatchOpts {
-                    manager: &manager,
-                    field_manager: field_manager.as_deref(),
-                    force,
-                    dry_run,
-                },
+                PatchOpts { manager: &manager, field_manager: field_manager.as_deref(), force, dry_run },
             )?;
             let mut resp = shaped(&t, shape, vec![obj], "", false);
             *resp.status_mut() = code;
             Ok(resp)
         }
         (Method::DELETE, Some(name)) => {
-            let opts: Value = if body.is_empty() {
-                json!({})
-            } else {
-                serde_json::from_slice(&body).unwrap_or(json!({}))
-            };
-            let dry = dry_run
-                || opts
-                    .get("dryRun")
-                    .and_then(Value::as_array)
-                    .is_some_and(|a| a.iter().any(|d| d == "All"));
+            let opts: Value =
+                if body.is_empty() { json!({}) } else { serde_json::from_slice(&body).unwrap_or(json!({})) };
+            let dry =
+                dry_run || opts.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|d| d == "All"));
             let obj = delete(shared, &t, name, &opts, dry)?;
             Ok(shaped(&t, shape, vec![obj], "", false))
         }
@@ -286,21 +251,16 @@ fn default_manager(headers: &HeaderMap) -> String {
 }
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     if ct.contains("protobuf") {
         return Err(ApiError::unsupported_media(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct})"
         )));
     }
     let v: Value = if ct.contains("yaml") {
-        serde_yaml_ng::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid YAML body: {e}")))?
+        serde_yaml_ng::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid YAML body: {e}")))?
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     };
     if !v.is_object() {
         return Err(ApiError::bad_request("the request body must be an object"));
@@ -334,16 +294,10 @@ fn metadata_only(obj: &Value) -> Value {
 
 /// One object, in the shape the client asked for.
 fn shaped(t: &Target, shape: Shape, objs: Vec<Value>, rv: &str, created: bool) -> Response {
-    let code = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
     match shape {
         Shape::Table => json_response(code, &table::to_table(&t.rt, &t.version, &objs, true, rv)),
-        Shape::Metadata => {
-            json_response(code, &objs.first().map(metadata_only).unwrap_or(json!({})))
-        }
+        Shape::Metadata => json_response(code, &objs.first().map(metadata_only).unwrap_or(json!({}))),
         Shape::Full => json_response(code, objs.first().unwrap_or(&json!({}))),
     }
 }
@@ -357,37 +311,21 @@ pub(crate) fn select(
     labels: &LabelSelector,
     fields: &FieldSelector,
 ) -> Vec<Value> {
-    st.list(&rt.storage)
-        .iter()
-        .map(|o| present(rt, version, o))
-        .filter(|o| matches(o, ns, labels, fields))
-        .collect()
+    st.list(&rt.storage).iter().map(|o| present(rt, version, o)).filter(|o| matches(o, ns, labels, fields)).collect()
 }
 
-pub(crate) fn matches(
-    obj: &Value,
-    ns: Option<&str>,
-    labels: &LabelSelector,
-    fields: &FieldSelector,
-) -> bool {
+pub(crate) fn matches(obj: &Value, ns: Option<&str>, labels: &LabelSelector, fields: &FieldSelector) -> bool {
     let in_ns = ns.is_none_or(|n| obj.pointer("/metadata/namespace").and_then(Value::as_str) == Some(n));
     in_ns && labels.matches(obj) && fields.matches(obj)
 }
 
-pub(crate) fn selectors(
-    query: &HashMap<String, String>,
-) -> Result<(LabelSelector, FieldSelector), ApiError> {
+pub(crate) fn selectors(query: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
     let fields = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
     Ok((labels, fields))
 }
 
-fn list(
-    shared: &Shared,
-    t: &Target,
-    query: &HashMap<String, String>,
-    shape: Shape,
-) -> Result<Response, ApiError> {
+fn list(shared: &Shared, t: &Target, query: &HashMap<String, String>, shape: Shape) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(query)?;
     let st = shared.lock();
     let items = select(&st, &t.rt, &t.version, t.ns.as_deref(), &labels, &fields);
@@ -453,12 +391,7 @@ fn spec_part(v: &Value) -> Value {
 fn finalizers(v: &Value) -> Vec<String> {
     v.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(ToString::to_string)
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(Value::as_str).map(ToString::to_string).collect())
         .unwrap_or_default()
 }
 
@@ -467,21 +400,14 @@ fn builtin_hooks(rt: &ResourceType, old: Option<&Value>, obj: &mut Value) {
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "secrets") => {
             use base64::Engine as _;
-            if let Some(sd) = obj
-                .as_object_mut()
-                .and_then(|m| m.remove("stringData"))
-                .and_then(|v| v.as_object().cloned())
+            if let Some(sd) =
+                obj.as_object_mut().and_then(|m| m.remove("stringData")).and_then(|v| v.as_object().cloned())
             {
-                let data = obj
-                    .as_object_mut()
-                    .map(|m| m.entry("data").or_insert_with(|| json!({})));
+                let data = obj.as_object_mut().map(|m| m.entry("data").or_insert_with(|| json!({})));
                 if let Some(Value::Object(data)) = data {
                     for (k, v) in sd {
                         let s = v.as_str().unwrap_or("").to_string();
-                        data.insert(
-                            k,
-                            json!(base64::engine::general_purpose::STANDARD.encode(s)),
-                        );
+                        data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(s)));
                     }
                 }
             }
@@ -573,13 +499,7 @@ fn commit(
     }
     match old {
         Some(old) => {
-            for k in [
-                "uid",
-                "creationTimestamp",
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "generation",
-            ] {
+            for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
                 match old.pointer(&format!("/metadata/{k}")) {
                     Some(v) => {
                         meta.insert(k.to_string(), v.clone());
@@ -603,19 +523,18 @@ fn commit(
             }
         }
     }
-    if old.is_none() && rt.status_subresource && w.sub != "status" {
-        if let Some(m) = new.as_object_mut() {
-            m.remove("status");
-        }
+    if old.is_none()
+        && rt.status_subresource
+        && w.sub != "status"
+        && let Some(m) = new.as_object_mut()
+    {
+        m.remove("status");
     }
     if let Some(old) = old
         && old.pointer("/metadata/deletionTimestamp").is_some()
     {
         let before = finalizers(old);
-        let added: Vec<String> = finalizers(&new)
-            .into_iter()
-            .filter(|f| !before.contains(f))
-            .collect();
+        let added: Vec<String> = finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
         if !added.is_empty() {
             return Err(ApiError::invalid_field(
                 rt,
@@ -636,17 +555,13 @@ fn commit(
     if rt.custom
         && let Some(schema) = rt.version(version).and_then(|v| v.schema.as_ref())
     {
-        new = crate::schema::validate(schema, &new, old)
-            .map_err(|errs| ApiError::invalid(rt, name, &errs))?;
+        new = crate::schema::validate(schema, &new, old).map_err(|errs| ApiError::invalid(rt, name, &errs))?;
     }
     if rt.generation
         && let Some(old) = old
         && spec_part(old) != spec_part(&new)
     {
-        let g = old
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
+        let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
         new["metadata"]["generation"] = json!(g + 1);
     }
     if let Track::Update(manager) = w.track {
@@ -665,10 +580,7 @@ fn commit(
         && old.pointer("/metadata/deletionTimestamp").is_some()
         && finalizers(&new).is_empty()
     {
-        st.objects
-            .entry(rt.storage.clone())
-            .or_default()
-            .insert(key.clone(), new.clone());
+        st.objects.entry(rt.storage.clone()).or_default().insert(key.clone(), new.clone());
         let gone = st.remove(&rt.storage, &key).unwrap_or(new);
         after_delete(st, rt, &gone);
         return Ok(gone);
@@ -695,11 +607,7 @@ const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn random_suffix() -> String {
     let id = uuid::Uuid::new_v4();
-    id.as_bytes()
-        .iter()
-        .take(5)
-        .map(|b| NAME_CHARS[usize::from(*b) % NAME_CHARS.len()] as char)
-        .collect()
+    id.as_bytes().iter().take(5).map(|b| NAME_CHARS[usize::from(*b) % NAME_CHARS.len()] as char).collect()
 }
 
 fn check_namespace(t: &Target, obj: &Value) -> Result<String, ApiError> {
@@ -720,13 +628,7 @@ fn check_namespace(t: &Target, obj: &Value) -> Result<String, ApiError> {
     Ok(ns)
 }
 
-fn create(
-    shared: &Shared,
-    t: &Target,
-    obj: Value,
-    manager: &str,
-    dry_run: bool,
-) -> Result<Value, ApiError> {
+fn create(shared: &Shared, t: &Target, obj: Value, manager: &str, dry_run: bool) -> Result<Value, ApiError> {
     let ns = check_namespace(t, &obj)?;
     let name = match obj.pointer("/metadata/name").and_then(Value::as_str) {
         Some(n) if !n.is_empty() => n.to_string(),
@@ -756,11 +658,7 @@ fn create(
             &name,
             None,
             obj,
-            &WriteOpts {
-                sub: "",
-                track: Track::Update(manager),
-                dry_run,
-            },
+            &WriteOpts { sub: "", track: Track::Update(manager), dry_run },
         )?
     };
     shared.notify();
@@ -768,9 +666,7 @@ fn create(
 }
 
 fn rv_of(v: &Value) -> Option<&str> {
-    v.pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+    v.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
 fn replace(
@@ -785,17 +681,12 @@ fn replace(
     if let Some(body_name) = obj.pointer("/metadata/name").and_then(Value::as_str)
         && body_name != name
     {
-        return Err(ApiError::bad_request(
-            "the name of the object does not match the name on the URL",
-        ));
+        return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
     }
     let result = {
         let mut st = shared.lock();
         let key = (ns.clone(), name.to_string());
-        let old = st
-            .get(&t.rt.storage, &key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&t.rt, name))?;
+        let old = st.get(&t.rt.storage, &key).cloned().ok_or_else(|| ApiError::not_found(&t.rt, name))?;
         if let Some(rv) = rv_of(&obj)
             && Some(rv) != rv_of(&old)
         {
@@ -809,11 +700,7 @@ fn replace(
             name,
             Some(&old),
             obj,
-            &WriteOpts {
-                sub: t.sub.as_deref().unwrap_or(""),
-                track: Track::Update(manager),
-                dry_run,
-            },
+            &WriteOpts { sub: t.sub.as_deref().unwrap_or(""), track: Track::Update(manager), dry_run },
         )?
     };
     shared.notify();
@@ -875,9 +762,7 @@ fn patch_object(
                 if let Some(n) = config.pointer("/metadata/name").and_then(Value::as_str)
                     && n != name
                 {
-                    return Err(ApiError::bad_request(
-                        "the name of the object does not match the name on the URL",
-                    ));
+                    return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
                 }
                 if let (Some(want), Some(old)) = (rv_of(&config), old.as_ref())
                     && Some(want) != rv_of(old)
@@ -920,9 +805,8 @@ fn patch_object(
                                 t.rt.qualified_kind()
                             )));
                         }
-                        let p: Value = serde_json::from_slice(body).map_err(|e| {
-                            ApiError::bad_request(format!("invalid merge patch: {e}"))
-                        })?;
+                        let p: Value = serde_json::from_slice(body)
+                            .map_err(|e| ApiError::bad_request(format!("invalid merge patch: {e}")))?;
                         let strategic = ct == "application/strategic-merge-patch+json";
                         let p = if strategic { strip_directives(p) } else { p };
                         patch::merge_patch(&mut new, &p);
@@ -939,20 +823,7 @@ fn patch_object(
                 )));
             }
         };
-        commit(
-            &mut st,
-            &t.rt,
-            &t.version,
-            &ns,
-            name,
-            old.as_ref(),
-            new,
-            &WriteOpts {
-                sub,
-                track,
-                dry_run: o.dry_run,
-            },
-        )?
+        commit(&mut st, &t.rt, &t.version, &ns, name, old.as_ref(), new, &WriteOpts { sub, track, dry_run: o.dry_run })?
     };
     shared.notify();
     Ok((code, present(&t.rt, &t.version, &result)))
@@ -963,32 +834,20 @@ fn patch_object(
 fn strip_directives(v: Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.into_iter()
-                .filter(|(k, _)| !k.starts_with('$'))
-                .map(|(k, v)| (k, strip_directives(v)))
-                .collect(),
+            m.into_iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k, strip_directives(v))).collect(),
         ),
         other => other,
     }
 }
 
-fn delete(
-    shared: &Shared,
-    t: &Target,
-    name: &str,
-    opts: &Value,
-    dry_run: bool,
-) -> Result<Value, ApiError> {
+fn delete(shared: &Shared, t: &Target, name: &str, opts: &Value, dry_run: bool) -> Result<Value, ApiError> {
     if t.sub.is_some() {
         return Err(ApiError::method_not_allowed("cannot delete a subresource"));
     }
     let key = obj_key(t, name);
     let result = {
         let mut st = shared.lock();
-        let old = st
-            .get(&t.rt.storage, &key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&t.rt, name))?;
+        let old = st.get(&t.rt.storage, &key).cloned().ok_or_else(|| ApiError::not_found(&t.rt, name))?;
         if let Some(want) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
             && old.pointer("/metadata/uid").and_then(Value::as_str) != Some(want)
         {
@@ -1011,9 +870,7 @@ fn delete(
                 st.put(&t.rt.storage, key, new, Some(old))
             }
         } else {
-            let gone = st
-                .remove(&t.rt.storage, &key)
-                .ok_or_else(|| ApiError::not_found(&t.rt, name))?;
+            let gone = st.remove(&t.rt.storage, &key).ok_or_else(|| ApiError::not_found(&t.rt, name))?;
             after_delete(&mut st, &t.rt, &gone);
             gone
         }
@@ -1022,11 +879,7 @@ fn delete(
     Ok(present(&t.rt, &t.version, &result))
 }
 
-fn delete_collection(
-    shared: &Shared,
-    t: &Target,
-    query: &HashMap<String, String>,
-) -> Result<Response, ApiError> {
+fn delete_collection(shared: &Shared, t: &Target, query: &HashMap<String, String>) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(query)?;
     let names: Vec<String> = {
         let st = shared.lock();
@@ -1056,11 +909,7 @@ fn delete_collection(
 
 /// Installs or updates a CRD without HTTP (for [`super::FakeApiServer::install_crd`]).
 pub(crate) fn install_crd(shared: &Shared, mut crd: Value) -> Result<(), ApiError> {
-    let name = crd
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
     {
         let mut st = shared.lock();
         let rt = st
@@ -1079,11 +928,7 @@ pub(crate) fn install_crd(shared: &Shared, mut crd: Value) -> Result<(), ApiErro
             &name,
             old.as_ref(),
             crd,
-            &WriteOpts {
-                sub: "",
-                track: Track::Update("testbed"),
-                dry_run: false,
-            },
+            &WriteOpts { sub: "", track: Track::Update("testbed"), dry_run: false },
         )?;
     }
     shared.notify();

@@ -28,6 +28,8 @@ mod table;
 mod watch;
 
 #[cfg(test)]
+mod kubectl_tests;
+#[cfg(test)]
 mod tests;
 
 use std::net::SocketAddr;
@@ -109,9 +111,7 @@ impl FakeApiServer {
             .with_context(|| format!("binding the fake API server to {addr}"))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new());
-        let app = axum::Router::new()
-            .fallback(handlers::handle)
-            .with_state(shared.clone());
+        let app = axum::Router::new().fallback(handlers::handle).with_state(shared.clone());
         let mut stop = shared.shutdown.subscribe();
         let task = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -121,11 +121,7 @@ impl FakeApiServer {
                 tracing::warn!(error = %e, "fake API server stopped");
             }
         });
-        Ok(Self {
-            addr,
-            shared,
-            task: Some(task),
-        })
+        Ok(Self { addr, shared, task: Some(task) })
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -30,8 +30,8 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
 /// Applies an RFC 6902 JSON patch. As Go's apiserver does, a `test` of a missing path against
 /// `null` passes (kube-runtime's finalizer helper relies on it).
 pub(crate) fn json_patch(target: &mut Value, body: &[u8]) -> Result<(), ApiError> {
-    let patch: json_patch::Patch = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+    let patch: json_patch::Patch =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
     for (i, op) in patch.0.iter().enumerate() {
         if let json_patch::PatchOperation::Test(t) = op
             && t.value.is_null()
@@ -118,9 +118,7 @@ fn get_path<'a>(v: &'a Value, p: &[String]) -> Option<&'a Value> {
 }
 
 fn pointer(p: &[String]) -> String {
-    p.iter()
-        .map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1")))
-        .collect()
+    p.iter().map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1"))).collect()
 }
 
 fn remove_path(v: &mut Value, p: &[String]) {
@@ -128,11 +126,7 @@ fn remove_path(v: &mut Value, p: &[String]) {
         let Some((last, parents)) = p[..depth].split_last() else {
             return;
         };
-        if depth < p.len()
-            && !get_path(v, &p[..depth])
-                .and_then(Value::as_object)
-                .is_some_and(Map::is_empty)
-        {
+        if depth < p.len() && !get_path(v, &p[..depth]).and_then(Value::as_object).is_some_and(Map::is_empty) {
             // Only maps left empty by the removal are dropped.
             return;
         }
@@ -236,21 +230,9 @@ pub(crate) fn read_managed(obj: &Value) -> Vec<ManagedEntry> {
             fields_from_v1(e.get("fieldsV1")?, &mut Vec::new(), &mut fields);
             Some(ManagedEntry {
                 manager: e.get("manager")?.as_str()?.to_string(),
-                operation: e
-                    .get("operation")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Update")
-                    .to_string(),
-                api_version: e
-                    .get("apiVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                subresource: e
-                    .get("subresource")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
+                operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").to_string(),
+                api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string(),
+                subresource: e.get("subresource").and_then(Value::as_str).unwrap_or("").to_string(),
                 time: e.get("time").and_then(Value::as_str).unwrap_or("").to_string(),
                 fields,
             })
@@ -293,39 +275,26 @@ fn overlaps(a: &[String], b: &[String]) -> bool {
 
 /// Records an update (PUT/PATCH/POST) by `manager`: it owns the fields it changed; those are
 /// taken from other managers; removed fields are owned by nobody.
-pub(crate) fn track_update(
-    old: Option<&Value>,
-    new: &mut Value,
-    manager: &str,
-    api_version: &str,
-    subresource: &str,
-) {
+pub(crate) fn track_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, subresource: &str) {
     let mut entries = old.map(read_managed).unwrap_or_default();
-    let status_only = if subresource == "status" {
-        Some(true)
-    } else {
-        None
-    };
+    let status_only = if subresource == "status" { Some(true) } else { None };
     let new_fields = owned_fields(new, status_only);
     let old_fields = old.map(|o| owned_fields(o, status_only)).unwrap_or_default();
-    let changed: FieldSet = new_fields
-        .iter()
-        .filter(|p| old.and_then(|o| get_path(o, p)) != get_path(new, p))
-        .cloned()
-        .collect();
+    let changed: FieldSet =
+        new_fields.iter().filter(|p| old.and_then(|o| get_path(o, p)) != get_path(new, p)).cloned().collect();
     let removed: FieldSet = old_fields.difference(&new_fields).cloned().collect();
     for e in &mut entries {
         e.fields.retain(|p| !removed.contains(p));
         if e.manager != manager {
-            e.fields
-                .retain(|p| !changed.iter().any(|c| overlaps(c, p)));
+            e.fields.retain(|p| !changed.iter().any(|c| overlaps(c, p)));
         }
     }
     if !changed.is_empty() {
         let now = now_rfc3339();
-        match entries.iter_mut().find(|e| {
-            e.manager == manager && e.operation == "Update" && e.subresource == subresource
-        }) {
+        match entries
+            .iter_mut()
+            .find(|e| e.manager == manager && e.operation == "Update" && e.subresource == subresource)
+        {
             Some(e) => {
                 e.fields.extend(changed);
                 e.time = now;
@@ -396,19 +365,12 @@ pub(crate) fn server_side_apply(
                 json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\""), "field": f})
             })
             .collect();
-        let list: Vec<String> = conflicts
-            .iter()
-            .map(|(m, f)| format!("conflict with \"{m}\": {f}"))
-            .collect();
+        let list: Vec<String> = conflicts.iter().map(|(m, f)| format!("conflict with \"{m}\": {f}")).collect();
         let n = conflicts.len();
         let mut err = ApiError::new(
             409,
             "Conflict",
-            format!(
-                "Apply failed with {n} conflict{}: {}",
-                if n == 1 { "" } else { "s" },
-                list.join("\n")
-            ),
+            format!("Apply failed with {n} conflict{}: {}", if n == 1 { "" } else { "s" }, list.join("\n")),
         );
         err.details = Some(json!({"causes": causes}));
         return Err(err);
@@ -422,9 +384,7 @@ pub(crate) fn server_side_apply(
         .flat_map(|e| e.fields.iter().cloned())
         .collect();
     for p in previous.difference(&applied) {
-        let owned_by_other = entries
-            .iter()
-            .any(|e| e.manager != manager && e.fields.iter().any(|q| overlaps(p, q)));
+        let owned_by_other = entries.iter().any(|e| e.manager != manager && e.fields.iter().any(|q| overlaps(p, q)));
         if !owned_by_other {
             remove_path(&mut result, p);
         }
@@ -446,9 +406,7 @@ pub(crate) fn server_side_apply(
     deep_merge(&mut result, &cfg);
 
     let now = now_rfc3339();
-    entries.retain(|e| {
-        !(e.manager == manager && e.operation == "Apply" && e.subresource == subresource)
-    });
+    entries.retain(|e| !(e.manager == manager && e.operation == "Apply" && e.subresource == subresource));
     entries.push(ManagedEntry {
         manager: manager.to_string(),
         operation: "Apply".to_string(),
@@ -476,8 +434,7 @@ mod tests {
                         {"op":"add","path":"/metadata/finalizers","value":["x"]}]"#;
         json_patch(&mut doc, body).unwrap();
         assert_eq!(doc["metadata"]["finalizers"], json!(["x"]));
-        let err = json_patch(&mut doc, br#"[{"op":"test","path":"/metadata/name","value":"b"}]"#)
-            .unwrap_err();
+        let err = json_patch(&mut doc, br#"[{"op":"test","path":"/metadata/name","value":"b"}]"#).unwrap_err();
         assert_eq!(err.code, 422);
     }
 
@@ -501,21 +458,16 @@ mod tests {
 
     #[test]
     fn apply_conflicts_and_force() {
-        let a = server_side_apply(None, &json!({"spec": {"x": 1, "y": 2}}), "a", false, "v1", "", false)
-            .unwrap();
+        let a = server_side_apply(None, &json!({"spec": {"x": 1, "y": 2}}), "a", false, "v1", "", false).unwrap();
         // Same value from another manager: shared, no conflict.
-        let b = server_side_apply(Some(&a), &json!({"spec": {"x": 1}}), "b", false, "v1", "", false)
-            .unwrap();
-        let err = server_side_apply(Some(&b), &json!({"spec": {"y": 3}}), "b", false, "v1", "", false)
-            .unwrap_err();
+        let b = server_side_apply(Some(&a), &json!({"spec": {"x": 1}}), "b", false, "v1", "", false).unwrap();
+        let err = server_side_apply(Some(&b), &json!({"spec": {"y": 3}}), "b", false, "v1", "", false).unwrap_err();
         assert_eq!(err.code, 409);
         assert_eq!(err.details.unwrap()["causes"][0]["field"], ".spec.y");
-        let forced =
-            server_side_apply(Some(&b), &json!({"spec": {"y": 3}}), "b", true, "v1", "", false).unwrap();
+        let forced = server_side_apply(Some(&b), &json!({"spec": {"y": 3}}), "b", true, "v1", "", false).unwrap();
         assert_eq!(forced["spec"]["y"], 3);
         // `a` re-applies without y: y stays (b owns it), x stays (both own it).
-        let again = server_side_apply(Some(&forced), &json!({"spec": {"x": 1}}), "a", false, "v1", "", false)
-            .unwrap();
+        let again = server_side_apply(Some(&forced), &json!({"spec": {"x": 1}}), "a", false, "v1", "", false).unwrap();
         assert_eq!(again["spec"], json!({"x": 1, "y": 3}));
         // `b` drops everything: y removed (nobody else owns it), x kept (a owns it).
         let dropped = server_side_apply(Some(&again), &json!({}), "b", false, "v1", "", false).unwrap();

@@ -38,10 +38,7 @@ fn split_top(s: &str) -> Vec<String> {
         }
     }
     out.push(cur);
-    out.into_iter()
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty())
-        .collect()
+    out.into_iter().map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect()
 }
 
 fn set_values(rest: &str) -> Result<Vec<String>, ApiError> {
@@ -50,11 +47,7 @@ fn set_values(rest: &str) -> Result<Vec<String>, ApiError> {
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| ApiError::bad_request(format!("unable to parse requirement: {rest}")))?;
-    Ok(inner
-        .split(',')
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect())
+    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
 impl LabelSelector {
@@ -74,9 +67,7 @@ impl LabelSelector {
             } else if let Some((k, rest)) = part.split_once(" in ") {
                 LabelReq::In(k.trim().to_string(), set_values(rest)?)
             } else if part.contains(['(', ')', ' ', '<', '>']) {
-                return Err(ApiError::bad_request(format!(
-                    "unable to parse requirement: {part}"
-                )));
+                return Err(ApiError::bad_request(format!("unable to parse requirement: {part}")));
             } else {
                 LabelReq::Exists(part.trim().to_string())
             };
@@ -116,9 +107,7 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(ApiError::bad_request(format!(
-                    "invalid selector: '{part}'; can't understand '{part}'"
-                )));
+                return Err(ApiError::bad_request(format!("invalid selector: '{part}'; can't understand '{part}'")));
             };
             reqs.push((k.trim().to_string(), eq, v.trim().to_string()));
         }

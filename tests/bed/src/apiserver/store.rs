@@ -62,11 +62,7 @@ impl ResourceType {
     ) -> Self {
         Self {
             group: group.to_string(),
-            versions: vec![VersionInfo {
-                name: version.to_string(),
-                schema: None,
-                printer_columns: Vec::new(),
-            }],
+            versions: vec![VersionInfo { name: version.to_string(), schema: None, printer_columns: Vec::new() }],
             kind: kind.to_string(),
             plural: plural.to_string(),
             singular: kind.to_lowercase(),
@@ -90,29 +86,17 @@ impl ResourceType {
     }
 
     pub(crate) fn api_version(&self, version: &str) -> String {
-        if self.group.is_empty() {
-            version.to_string()
-        } else {
-            format!("{}/{version}", self.group)
-        }
+        if self.group.is_empty() { version.to_string() } else { format!("{}/{version}", self.group) }
     }
 
     /// `plural.group` (just `plural` in the core group), as error messages name resources.
     pub(crate) fn qualified_plural(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.clone()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
+        if self.group.is_empty() { self.plural.clone() } else { format!("{}.{}", self.plural, self.group) }
     }
 
     /// `Kind.group` (just `Kind` in the core group), as Invalid errors name kinds.
     pub(crate) fn qualified_kind(&self) -> String {
-        if self.group.is_empty() {
-            self.kind.clone()
-        } else {
-            format!("{}.{}", self.kind, self.group)
-        }
+        if self.group.is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group) }
     }
 }
 
@@ -165,22 +149,8 @@ impl Store {
         ev.view = View::CoreEvents;
         ev.storage = ("events.k8s.io".to_string(), "events".to_string());
         store.add_type(ev);
-        store.add_type(ResourceType::builtin(
-            "events.k8s.io",
-            "v1",
-            "Event",
-            "events",
-            true,
-            &["ev"],
-        ));
-        store.add_type(ResourceType::builtin(
-            "coordination.k8s.io",
-            "v1",
-            "Lease",
-            "leases",
-            true,
-            &[],
-        ));
+        store.add_type(ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true, &["ev"]));
+        store.add_type(ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, &[]));
         let mut crd = ResourceType::builtin(
             "apiextensions.k8s.io",
             "v1",
@@ -202,12 +172,7 @@ impl Store {
                 "spec": {"finalizers": ["kubernetes"]},
                 "status": {"phase": "Active"}
             });
-            store.put(
-                &(String::new(), "namespaces".to_string()),
-                (String::new(), name.to_string()),
-                obj,
-                None,
-            );
+            store.put(&(String::new(), "namespaces".to_string()), (String::new(), name.to_string()), obj, None);
         }
         store
     }
@@ -218,10 +183,7 @@ impl Store {
 
     /// Finds a type by `(group, version, plural)`.
     pub(crate) fn find_type(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
-        self.types
-            .get(&(group.to_string(), plural.to_string()))
-            .filter(|rt| rt.version(version).is_some())
-            .cloned()
+        self.types.get(&(group.to_string(), plural.to_string())).filter(|rt| rt.version(version).is_some()).cloned()
     }
 
     pub(crate) fn get(&self, storage: &TypeKey, key: &ObjKey) -> Option<&Value> {
@@ -229,30 +191,18 @@ impl Store {
     }
 
     pub(crate) fn list(&self, storage: &TypeKey) -> Vec<Value> {
-        self.objects
-            .get(storage)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.objects.get(storage).map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Stores `obj` (ADDED or MODIFIED) with a new resourceVersion; returns the stored object.
-    pub(crate) fn put(
-        &mut self,
-        storage: &TypeKey,
-        key: ObjKey,
-        mut obj: Value,
-        prev: Option<Value>,
-    ) -> Value {
+    pub(crate) fn put(&mut self, storage: &TypeKey, key: ObjKey, mut obj: Value, prev: Option<Value>) -> Value {
         self.rv += 1;
         let rv = self.rv;
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("resourceVersion".to_string(), Value::String(rv.to_string()));
         }
         let kind = if prev.is_some() { "MODIFIED" } else { "ADDED" };
-        self.objects
-            .entry(storage.clone())
-            .or_default()
-            .insert(key, obj.clone());
+        self.objects.entry(storage.clone()).or_default().insert(key, obj.clone());
         self.record(storage, rv, kind, obj.clone(), prev);
         obj
     }
@@ -269,21 +219,9 @@ impl Store {
         Some(obj)
     }
 
-    fn record(
-        &mut self,
-        storage: &TypeKey,
-        rv: u64,
-        kind: &'static str,
-        obj: Value,
-        prev: Option<Value>,
-    ) {
+    fn record(&mut self, storage: &TypeKey, rv: u64, kind: &'static str, obj: Value, prev: Option<Value>) {
         let log = self.logs.entry(storage.clone()).or_default();
-        log.entries.push_back(LogEntry {
-            rv,
-            kind,
-            obj,
-            prev,
-        });
+        log.entries.push_back(LogEntry { rv, kind, obj, prev });
         trim(log, self.retention);
     }
 

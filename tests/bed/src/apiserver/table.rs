@@ -33,6 +33,8 @@ fn col(name: &str, ty: &str, path: &str) -> Column {
 }
 
 const CREATED: &str = ".metadata.creationTimestamp";
+/// Pseudo path: `kind/name` of an Event's `involvedObject`, as kubectl shows it.
+const OBJECT_REF: &str = "@involvedObject";
 
 fn columns(rt: &ResourceType, version: &str) -> Vec<Column> {
     let mut cols = vec![Column {
@@ -46,7 +48,7 @@ fn columns(rt: &ResourceType, version: &str) -> Vec<Column> {
                 col("Last Seen", "date", ".lastTimestamp"),
                 col("Type", "string", ".type"),
                 col("Reason", "string", ".reason"),
-                col("Object", "string", ".involvedObject.name"),
+                col("Object", "string", OBJECT_REF),
                 col("Message", "string", ".message"),
             ];
         }
@@ -86,27 +88,15 @@ pub(crate) fn human_duration(secs: i64) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{}s", s % 60)
-        }
+        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
     } else if h < 3 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{}m", m % 60)
-        }
+        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
     } else if h < 48 {
         format!("{h}h")
     } else if d < 8 {
-        if h % 24 == 0 {
-            format!("{d}d")
-        } else {
-            format!("{d}d{}h", h % 24)
-        }
+        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else {
@@ -117,10 +107,7 @@ pub(crate) fn human_duration(secs: i64) -> String {
 /// Evaluates a Kubernetes printer-column JSONPath (`.a.b`, `{.a.b}`, filters) against `obj`.
 pub(crate) fn eval_path(obj: &Value, path: &str) -> Option<Value> {
     let p = path.trim();
-    let p = p
-        .strip_prefix('{')
-        .and_then(|x| x.strip_suffix('}'))
-        .unwrap_or(p);
+    let p = p.strip_prefix('{').and_then(|x| x.strip_suffix('}')).unwrap_or(p);
     let query = if p.starts_with('$') {
         p.to_string()
     } else if p.starts_with('.') || p.starts_with('[') {
@@ -137,6 +124,11 @@ pub(crate) fn eval_path(obj: &Value, path: &str) -> Option<Value> {
 }
 
 fn cell(obj: &Value, c: &Column) -> Value {
+    if c.path == OBJECT_REF {
+        let kind = obj.pointer("/involvedObject/kind").and_then(Value::as_str).unwrap_or("");
+        let name = obj.pointer("/involvedObject/name").and_then(Value::as_str).unwrap_or("");
+        return Value::String(format!("{}/{name}", kind.to_lowercase()));
+    }
     let Some(v) = eval_path(obj, &c.path) else {
         return Value::Null;
     };
@@ -206,10 +198,7 @@ mod tests {
         let o = json!({"status": {"conditions": [
             {"type": "Reconciling", "status": "False"},
             {"type": "Ready", "status": "True"}]}, "spec": {"n": 3}});
-        assert_eq!(
-            eval_path(&o, ".status.conditions[?(@.type==\"Ready\")].status"),
-            Some(json!("True"))
-        );
+        assert_eq!(eval_path(&o, ".status.conditions[?(@.type==\"Ready\")].status"), Some(json!("True")));
         assert_eq!(eval_path(&o, ".spec.n"), Some(json!(3)));
         assert_eq!(eval_path(&o, ".spec.missing"), None);
     }

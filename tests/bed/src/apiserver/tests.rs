@@ -10,8 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Namespace, Secre
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
-    PatchParams, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,10 +92,7 @@ async fn server_with_crd() -> (FakeApiServer, kube::Client, Api<DynamicObject>) 
     let crd: CustomResourceDefinition = serde_json::from_value(widget_crd()).unwrap();
     server.install_crd(&crd).unwrap();
     let client = server.client().unwrap();
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("test.example.com", "v1", "Widget"),
-        "widgets",
-    );
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("test.example.com", "v1", "Widget"), "widgets");
     let api = Api::namespaced_with(client.clone(), "default", &ar);
     (server, client, api)
 }
@@ -117,8 +113,7 @@ fn api_err(e: kube::Error) -> kube::core::Status {
 }
 
 fn cm(name: &str, labels: Value) -> ConfigMap {
-    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}))
-        .unwrap()
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})).unwrap()
 }
 
 /// A minimal HTTP/1.1 client: returns status, headers and the de-chunked body. The request
@@ -151,11 +146,8 @@ pub(crate) async fn raw(
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap();
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
     (status, head.to_string(), body)
 }
 
@@ -173,10 +165,7 @@ fn dechunk(mut s: &str) -> String {
 }
 
 fn lines(body: &str) -> Vec<Value> {
-    body.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    body.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 mod list_and_selectors {
@@ -290,10 +279,7 @@ mod status_and_generation {
         let (_server, _client, api) = server_with_crd().await;
         api.create(&PostParams::default(), &widget("w", json!({"size": 1}))).await.unwrap();
         let status = json!({"status": {"phase": "Ready"}, "spec": {"size": 9}});
-        let after = api
-            .patch_status("w", &PatchParams::default(), &Patch::Merge(&status))
-            .await
-            .unwrap();
+        let after = api.patch_status("w", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
         assert_eq!(after.data["status"]["phase"], "Ready");
         assert_eq!(after.data["spec"]["size"], 1, "status writes keep spec");
         assert_eq!(after.metadata.generation, Some(1));
@@ -313,10 +299,7 @@ mod status_and_generation {
         // Replace on /status.
         let mut obj = api.get_status("w").await.unwrap();
         obj.data["status"] = json!({"phase": "Replaced"});
-        let replaced = api
-            .replace_status("w", &PostParams::default(), &obj)
-            .await
-            .unwrap();
+        let replaced = api.replace_status("w", &PostParams::default(), &obj).await.unwrap();
         assert_eq!(replaced.data["status"]["phase"], "Replaced");
     }
 }
@@ -377,7 +360,10 @@ mod patches {
         assert_eq!(err.code, 415);
         let leases: Api<Lease> = Api::default_namespaced(client);
         leases
-            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}})).unwrap())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}})).unwrap(),
+            )
             .await
             .unwrap();
         let p = json!({"spec": {"holderIdentity": "b", "leaseDurationSeconds": 15}});
@@ -389,12 +375,13 @@ mod patches {
     #[tokio::test]
     async fn server_side_apply() {
         let (_server, _client, api) = server_with_crd().await;
-        let cfg = |spec: Value| json!({"apiVersion": "test.example.com/v1", "kind": "Widget",
-                                       "metadata": {"name": "w"}, "spec": spec});
+        let cfg = |spec: Value| {
+            json!({"apiVersion": "test.example.com/v1", "kind": "Widget",
+                                       "metadata": {"name": "w"}, "spec": spec})
+        };
         // fieldManager is required.
-        let err = api_err(
-            api.patch("w", &PatchParams::default(), &Patch::Apply(cfg(json!({"size": 1})))).await.unwrap_err(),
-        );
+        let err =
+            api_err(api.patch("w", &PatchParams::default(), &Patch::Apply(cfg(json!({"size": 1})))).await.unwrap_err());
         assert_eq!(err.code, 422);
         // Creates when missing.
         let a = PatchParams::apply("alice");
@@ -414,7 +401,8 @@ mod patches {
         // Same value: shared ownership, no conflict.
         api.patch("w", &b, &Patch::Apply(cfg(json!({"size": 2})))).await.unwrap();
         // Forced.
-        let w = api.patch("w", &b.clone().force(), &Patch::Apply(cfg(json!({"size": 2, "owner": "bob"})))).await.unwrap();
+        let w =
+            api.patch("w", &b.clone().force(), &Patch::Apply(cfg(json!({"size": 2, "owner": "bob"})))).await.unwrap();
         assert_eq!(w.data["spec"]["owner"], "bob");
         // Alice stops applying owner: bob still owns it, it stays.
         let w = api.patch("w", &a, &Patch::Apply(cfg(json!({"size": 2})))).await.unwrap();
@@ -525,10 +513,15 @@ mod validation {
         assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
         let causes = status.details.unwrap().causes;
         assert_eq!(causes[0].field, "spec.size");
-        assert!(status.message.starts_with("Widget.test.example.com \"w\" is invalid: spec.size: "), "{}", status.message);
+        assert!(
+            status.message.starts_with("Widget.test.example.com \"w\" is invalid: spec.size: "),
+            "{}",
+            status.message
+        );
         assert!(status.message.contains("size above 10 needs mode big"));
 
-        let err = api.create(&PostParams::default(), &widget("w", json!({"size": 1, "color": "Red!"}))).await.unwrap_err();
+        let err =
+            api.create(&PostParams::default(), &widget("w", json!({"size": 1, "color": "Red!"}))).await.unwrap_err();
         let kube::Error::Api(status) = err else { panic!("{err:?}") };
         assert_eq!(status.details.unwrap().causes[0].field, "spec.color");
         assert!(status.message.contains("spec.color in body should match '^[a-z]+$'"), "{}", status.message);
@@ -797,7 +790,8 @@ mod crds {
         let (code, _, body) = raw(&server, "GET", "/apis/test.example.com/v1", &[], None).await;
         assert_eq!(code, 200);
         let list: Value = serde_json::from_str(&body).unwrap();
-        let names: Vec<&str> = list["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            list["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["widgets", "widgets/status"]);
         assert_eq!(list["resources"][0]["shortNames"], json!(["wd"]));
         crds.delete("widgets.test.example.com", &DeleteParams::default()).await.unwrap();
@@ -828,7 +822,8 @@ mod kubectl_facing {
         };
         assert_eq!(get("/api").await["versions"], json!(["v1"]));
         let groups = get("/apis").await;
-        let names: Vec<&str> = groups["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            groups["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
         for g in ["apiextensions.k8s.io", "coordination.k8s.io", "events.k8s.io", "test.example.com"] {
             assert!(names.contains(&g), "{g}");
         }
@@ -850,11 +845,13 @@ mod kubectl_facing {
         api.patch_status("w", &PatchParams::default(), &Patch::Merge(&st)).await.unwrap();
         let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
         let (code, _, body) =
-            raw(&server, "GET", "/apis/test.example.com/v1/namespaces/default/widgets", &[("Accept", accept)], None).await;
+            raw(&server, "GET", "/apis/test.example.com/v1/namespaces/default/widgets", &[("Accept", accept)], None)
+                .await;
         assert_eq!(code, 200);
         let t: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(t["kind"], "Table");
-        let cols: Vec<&str> = t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        let cols: Vec<&str> =
+            t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
         assert_eq!(cols, ["Name", "Size", "Ready", "Age"]);
         let cells = &t["rows"][0]["cells"];
         assert_eq!(cells[0], "w");
@@ -864,7 +861,8 @@ mod kubectl_facing {
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
         // One object as a table too.
         let (code, _, body) =
-            raw(&server, "GET", "/apis/test.example.com/v1/namespaces/default/widgets/w", &[("Accept", accept)], None).await;
+            raw(&server, "GET", "/apis/test.example.com/v1/namespaces/default/widgets/w", &[("Accept", accept)], None)
+                .await;
         assert_eq!(code, 200);
         assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["rows"].as_array().unwrap().len(), 1);
         // Watch as table.

@@ -34,18 +34,14 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    pub(crate) fn from_query(
-        target: Target,
-        query: &HashMap<String, String>,
-        shape: Shape,
-    ) -> Result<Self, ApiError> {
+    pub(crate) fn from_query(target: Target, query: &HashMap<String, String>, shape: Shape) -> Result<Self, ApiError> {
         let (labels, fields) = selectors(query)?;
         let q = |k: &str| query.get(k).map(String::as_str);
         let since = match q("resourceVersion") {
             None | Some("") | Some("0") => None,
-            Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-            })?),
+            Some(rv) => {
+                Some(rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?)
+            }
         };
         let timeout = q("timeoutSeconds")
             .and_then(|t| t.parse::<u64>().ok())
@@ -72,10 +68,7 @@ pub(crate) fn serve(shared: Arc<Shared>, p: Params) -> Response {
     tokio::spawn(run(shared, p, tx));
     let mut resp = Response::new(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)));
     *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -89,18 +82,8 @@ impl Encoder {
     fn line(&mut self, ty: &str, obj: Value) -> Bytes {
         let obj = match (self.shape, ty) {
             (Shape::Table, "ADDED" | "MODIFIED" | "DELETED") => {
-                let rv = obj
-                    .pointer("/metadata/resourceVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let t = table::to_table(
-                    &self.target.rt,
-                    &self.target.version,
-                    &[obj],
-                    !self.headers_sent,
-                    &rv,
-                );
+                let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
+                let t = table::to_table(&self.target.rt, &self.target.version, &[obj], !self.headers_sent, &rv);
                 self.headers_sent = true;
                 t
             }
@@ -177,11 +160,7 @@ async fn run(shared: Arc<Shared>, p: Params, tx: Tx) {
     let deadline = Instant::now() + p.timeout;
     let mut changes = shared.changes.subscribe();
     let mut stop = shared.shutdown.subscribe();
-    let mut enc = Encoder {
-        target: p.target.clone(),
-        shape: p.shape,
-        headers_sent: false,
-    };
+    let mut enc = Encoder { target: p.target.clone(), shape: p.shape, headers_sent: false };
     let mut last = match p.since {
         Some(rv) => rv,
         None => {
@@ -213,19 +192,12 @@ async fn run(shared: Arc<Shared>, p: Params, tx: Tx) {
         }
     };
     let interval = shared.bookmark_interval();
-    let mut next_bookmark = if p.bookmarks {
-        Instant::now()
-    } else {
-        deadline
-    };
+    let mut next_bookmark = if p.bookmarks { Instant::now() } else { deadline };
     loop {
         changes.borrow_and_update();
         match collect(&shared, &p, last) {
             Batch::Expired(asked, oldest) => {
-                let status = ApiError::expired(format!(
-                    "too old resource version: {asked} ({oldest})"
-                ))
-                .status();
+                let status = ApiError::expired(format!("too old resource version: {asked} ({oldest})")).status();
                 let line = enc.line("ERROR", status);
                 let _ = send(&tx, line).await;
                 return;

@@ -1,0 +1,246 @@
+//! The ImageChannel controller: resolves a channel's tag to a digest every `spec.interval` and
+//! writes the decision of `core::channel` as status. Channels fed by promotion are not resolved
+//! (the rollout coordinator writes their digest); pinned channels are not resolved either.
+//!
+//! A channel is resolved when its generation is new to this process or its interval has passed
+//! since the last resolve; any other wake-up (its own status write, the coordinator's) only
+//! recomputes the status, and a status that did not change is not written. An immediate resolve
+//! (the registry webhook, later) is a call to [`ChannelContext::resolve_now`] followed by a wake-up
+//! of the channel: a request annotation written to it, or a trigger stream added in [`controller`].
+
+use super::{Context, Error, MANAGER};
+use crate::core::channel::{self as decide, Resolution};
+use crate::core::conditions;
+use crate::crd::{ImageChannel, ImageChannelStatus, condition as ct};
+use crate::registry::{self, RegistryCredentials, Resolve};
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use rand::Rng;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+/// `type` of a Secret holding registry credentials.
+pub const DOCKERCONFIGJSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
+/// Key of the credentials document in such a Secret.
+pub const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
+
+/// What a channel reconcile shares.
+pub struct ChannelContext {
+    /// The operator's context (client, reporter, metrics).
+    pub ctx: Arc<Context>,
+    /// Tag → digest.
+    pub resolver: Arc<dyn Resolve>,
+    /// Last resolve per channel uid: the generation it was for, and when.
+    attempts: Mutex<HashMap<String, (Option<i64>, Instant)>>,
+}
+
+impl ChannelContext {
+    /// A context for the channel controller.
+    pub fn new(ctx: Arc<Context>, resolver: Arc<dyn Resolve>) -> Self {
+        ChannelContext { ctx, resolver, attempts: Mutex::new(HashMap::new()) }
+    }
+
+    /// Makes the next reconcile of the channel with this uid resolve, whatever its interval.
+    pub async fn resolve_now(&self, uid: &str) {
+        self.attempts.lock().await.remove(uid);
+    }
+
+    /// How long until the channel is due, or `None` when it is due now.
+    async fn not_due(&self, uid: &str, generation: Option<i64>, interval: Duration) -> Option<Duration> {
+        let attempts = self.attempts.lock().await;
+        let (g, at) = attempts.get(uid)?;
+        if *g != generation {
+            return None;
+        }
+        interval.checked_sub(at.elapsed()).filter(|d| !d.is_zero())
+    }
+
+    async fn attempted(&self, uid: String, generation: Option<i64>) {
+        self.attempts.lock().await.insert(uid, (generation, Instant::now()));
+    }
+}
+
+/// Runs the ImageChannel controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    resolver: Arc<dyn Resolve>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let cctx = Arc::new(ChannelContext::new(ctx.clone(), resolver));
+    controller(&ctx)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, cctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "channel reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// The controller before it runs. An immediate-resolve trigger stream of
+/// `ObjectRef<ImageChannel>` is added here with `.reconcile_on(stream)` (kube's
+/// `unstable-runtime-reconcile-on` feature), after [`ChannelContext::resolve_now`].
+pub fn controller(ctx: &Context) -> Controller<ImageChannel> {
+    let api = Api::<ImageChannel>::all(ctx.client.clone());
+    Controller::new(api, watcher::Config::default().any_semantic())
+}
+
+async fn reconcile(channel: Arc<ImageChannel>, cctx: Arc<ChannelContext>) -> Result<Action, Error> {
+    let res = channel.reconcile(&cctx).await;
+    cctx.ctx.metrics.reconciled("channel", res.as_ref().map(|_| "ok").unwrap_or_else(|e| e.category()));
+    res
+}
+
+fn error_policy(_channel: Arc<ImageChannel>, _err: &Error, _cctx: Arc<ChannelContext>) -> Action {
+    Action::requeue(Duration::from_secs(5 + rand::rng().random_range(0..5)))
+}
+
+/// `interval` plus up to a tenth of it, at random, so channels spread out.
+fn with_jitter(interval: Duration) -> Duration {
+    let interval = interval.max(Duration::from_secs(1));
+    let tenth = u64::try_from(interval.as_millis() / 10).unwrap_or(u64::MAX);
+    if tenth == 0 { interval } else { interval + Duration::from_millis(rand::rng().random_range(0..tenth)) }
+}
+
+impl ImageChannel {
+    async fn reconcile(&self, cctx: &ChannelContext) -> Result<Action, Error> {
+        let now = Timestamp::now();
+        let ns = self.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+        let uid = self.uid().ok_or(Error::MissingField("metadata.uid"))?;
+        let generation = self.metadata.generation;
+        let interval = self.spec.interval.as_std().max(Duration::from_secs(1));
+        let passive = self.spec.pinned_digest.is_some() || self.spec.promote_from.is_some();
+        let outcome = if passive {
+            Resolution::NotAttempted
+        } else {
+            if let Some(wait) = cctx.not_due(&uid, generation, interval).await {
+                return Ok(Action::requeue(wait));
+            }
+            self.resolve(cctx, &ns).await?
+        };
+        let status = decide::next_status(&self.spec, self.status.as_ref(), &outcome, generation, now);
+        if self.status.as_ref() != Some(&status) {
+            self.write_status(&cctx.ctx, &ns, status).await?;
+        }
+        if passive {
+            return Ok(Action::await_change());
+        }
+        cctx.attempted(uid, generation).await;
+        Ok(Action::requeue(with_jitter(interval)))
+    }
+
+    /// Reads the pull secret (if any) and asks the registry.
+    async fn resolve(&self, cctx: &ChannelContext, ns: &str) -> Result<Resolution, Error> {
+        let Some(tag) = self.spec.tag.as_deref() else {
+            return Ok(Resolution::Failed {
+                reason: "InvalidReference",
+                message: "exactly one of spec.tag or spec.promoteFrom must be set".into(),
+            });
+        };
+        let creds = match self.credentials(&cctx.ctx, ns).await? {
+            Ok(c) => c,
+            Err(failed) => return Ok(failed),
+        };
+        debug!(channel = %self.name_any(), image = %self.spec.image, tag, "resolving");
+        Ok(match cctx.resolver.resolve(&self.spec.image, tag, creds).await {
+            Ok(digest) => Resolution::Resolved(digest),
+            Err(e) => Resolution::Failed { reason: e.reason(), message: e.message().to_string() },
+        })
+    }
+
+    /// The credentials for the image's registry from `spec.pullSecret`: `Ok(Ok(None))` without a
+    /// pull secret or without an entry for that registry, `Ok(Err(..))` when the Secret is missing
+    /// or not usable (a condition, not a reconcile error).
+    async fn credentials(&self, ctx: &Context, ns: &str) -> Result<Result<Option<RegistryCredentials>, Resolution>, Error> {
+        let Some(secret_ref) = &self.spec.pull_secret else {
+            return Ok(Ok(None));
+        };
+        let host = match registry::split_image(&self.spec.image) {
+            Ok((host, _)) => host,
+            Err(e) => return Ok(Err(Resolution::Failed { reason: e.reason(), message: e.message().to_string() })),
+        };
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        let invalid = |message: String| Ok(Err(Resolution::Failed { reason: "PullSecretInvalid", message }));
+        let Some(secret) = secrets.get_opt(&secret_ref.name).await? else {
+            return Ok(Err(Resolution::Failed {
+                reason: "PullSecretNotFound",
+                message: format!("Secret {ns}/{} (spec.pullSecret) does not exist", secret_ref.name),
+            }));
+        };
+        if secret.type_.as_deref() != Some(DOCKERCONFIGJSON_TYPE) {
+            return invalid(format!("Secret {} is not of type {DOCKERCONFIGJSON_TYPE}", secret_ref.name));
+        }
+        let Some(doc) = secret.data.as_ref().and_then(|d| d.get(DOCKERCONFIGJSON_KEY)) else {
+            return invalid(format!("Secret {} has no {DOCKERCONFIGJSON_KEY} key", secret_ref.name));
+        };
+        match registry::credentials_for(&doc.0, &host) {
+            Ok(c) => Ok(Ok(c)),
+            Err(why) => invalid(format!("Secret {}: {why}", secret_ref.name)),
+        }
+    }
+
+    async fn write_status(&self, ctx: &Context, ns: &str, status: ImageChannelStatus) -> Result<(), Error> {
+        let before = self.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        let changes = conditions::changed(&before, &status.conditions);
+        let api: Api<ImageChannel> = Api::namespaced(ctx.client.clone(), ns);
+        let mut body = serde_json::to_value(&status)?;
+        // A promoted channel's digest, short digest and history are the coordinator's, under its
+        // own field manager: leave them out so this patch neither takes nor drops them.
+        if self.spec.promote_from.is_some()
+            && let Some(obj) = body.as_object_mut()
+        {
+            for key in ["digest", "short", "history", "lastResolvedAt"] {
+                obj.remove(key);
+            }
+        }
+        let patch = json!({"apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "ImageChannel", "status": body});
+        api.patch_status(&self.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        if !changes.is_empty() {
+            self.record_changes(ctx, &status, &changes).await;
+        }
+        Ok(())
+    }
+
+    async fn record_changes(&self, ctx: &Context, status: &ImageChannelStatus, changes: &[(String, String, String)]) {
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        for (type_, st, reason) in changes {
+            let message = conditions::find(&status.conditions, type_).map(|c| c.message.clone()).unwrap_or_default();
+            let warning = (type_ == ct::STALLED || type_ == decide::DIGEST_REJECTED) && st == "True";
+            let ev = KubeEvent {
+                type_: if warning { EventType::Warning } else { EventType::Normal },
+                reason: reason.clone(),
+                note: Some(format!("{type_}={st}: {message}")),
+                action: "Resolve".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&ev, &self.object_ref(&())).await {
+                warn!(error = %e, "could not record event");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_tenth() {
+        for _ in 0..100 {
+            let d = with_jitter(Duration::from_secs(300));
+            assert!(d >= Duration::from_secs(300) && d < Duration::from_secs(330));
+        }
+        assert!(with_jitter(Duration::ZERO) >= Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,210 @@
+//! A tenant revision: everything the host needs to run the container, as one immutable
+//! SecureString under the tenant's own Parameter Store prefix.
+//!
+//! The value is a line format the host agent parses without a shell: every user-controlled field is
+//! base64, decoded into a single argv element. Ids are HMACs keyed by the operator, so neither the
+//! revision id (which travels in the command) nor the env revision (shown in status) is a plain hash
+//! of secret values.
+
+use crate::crd::{ContainerSpec, Strategy};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+
+/// SSM's limit for an advanced-tier parameter value.
+pub const MAX_VALUE_BYTES: usize = 8192;
+
+/// How the revision is rolled onto the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rollout {
+    /// Strategy.
+    pub strategy: Strategy,
+    /// Health timeout in seconds.
+    pub health_timeout_secs: u64,
+    /// Health path (the policy's, else the container's).
+    pub health_path: String,
+    /// How long the previous slot stays warm (blue/green).
+    pub keep_warm_secs: u64,
+}
+
+/// A revision ready to be stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DesiredRevision {
+    /// Content id (HMAC, 32 hex): the parameter's name and the command's only argument.
+    pub id: String,
+    /// HMAC of the env (32 hex), shown in status and on the container's label.
+    pub env_revision: String,
+    /// The parameter value. Holds secret values: never log it.
+    pub value: String,
+}
+
+impl std::fmt::Debug for DesiredRevision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DesiredRevision")
+            .field("id", &self.id)
+            .field("env_revision", &self.env_revision)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a revision cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RevisionError {
+    /// The value exceeds what one parameter holds.
+    #[error("the revision is {0} bytes; one parameter holds at most {MAX_VALUE_BYTES}")]
+    TooLarge(usize),
+    /// An env name that cannot be an environment variable.
+    #[error("env name {0:?} is not a valid variable name")]
+    InvalidEnvName(String),
+}
+
+fn hmac_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    // HMAC accepts keys of any length; an empty key is still a keyed construction.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    for p in parts {
+        mac.update(&(p.len() as u64).to_le_bytes());
+        mac.update(p);
+    }
+    hex::encode(mac.finalize().into_bytes())[..32].to_string()
+}
+
+fn valid_env_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+        && k.len() <= 128
+}
+
+/// The env revision alone (HMAC over the sorted env).
+pub fn env_revision(key: &[u8], env: &BTreeMap<String, String>) -> String {
+    let mut parts: Vec<&[u8]> = vec![b"env"];
+    for (k, v) in env {
+        parts.push(k.as_bytes());
+        parts.push(v.as_bytes());
+    }
+    hmac_hex(key, &parts)
+}
+
+/// Builds the revision for `image@digest` with this env.
+pub fn build(
+    key: &[u8],
+    container: &ContainerSpec,
+    image: &str,
+    digest: &str,
+    env: &BTreeMap<String, String>,
+    rollout: &Rollout,
+) -> Result<DesiredRevision, RevisionError> {
+    if let Some(bad) = env.keys().find(|k| !valid_env_name(k)) {
+        return Err(RevisionError::InvalidEnvName(bad.clone()));
+    }
+    let e = |s: &str| B64.encode(s.as_bytes());
+    let env_rev = env_revision(key, env);
+    let mut lines = vec![
+        "tenant-operator-revision v1".to_string(),
+        format!("image {}", e(image)),
+        format!("digest {digest}"),
+        format!("envrev {env_rev}"),
+        format!("name {}", container.name),
+        format!("ports {} {} {}", container.ports.blue, container.ports.green, container.ports.routing),
+        format!("cport {}", container.container_port),
+        format!("health {}", e(&rollout.health_path)),
+        format!("timeout {}", rollout.health_timeout_secs),
+        format!(
+            "strategy {}",
+            match rollout.strategy {
+                Strategy::InPlace => "inplace",
+                Strategy::BlueGreen => "bluegreen",
+            }
+        ),
+        format!("keepwarm {}", rollout.keep_warm_secs),
+        format!("restart {}", container.restart_policy.as_docker()),
+        format!("dockersock {}", u8::from(container.mount_docker_socket)),
+    ];
+    if let Some(n) = &container.network {
+        lines.push(format!("network {}", e(n)));
+    }
+    for v in &container.volumes {
+        lines.push(format!(
+            "vol {} {} {}",
+            e(&v.host_path),
+            e(&v.container_path),
+            if v.read_only { "ro" } else { "rw" }
+        ));
+    }
+    for (k, v) in &container.labels {
+        lines.push(format!("label {} {}", e(k), e(v)));
+    }
+    for h in &container.extra_hosts {
+        lines.push(format!("host {} {}", e(&h.hostname), e(&h.ip)));
+    }
+    for (k, v) in env {
+        lines.push(format!("env {} {}", e(k), e(v)));
+    }
+    let value = lines.join("\n") + "\n";
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(RevisionError::TooLarge(value.len()));
+    }
+    let id = hmac_hex(key, &[b"revision", value.as_bytes()]);
+    Ok(DesiredRevision { id, env_revision: env_rev, value })
+}
+
+/// Name of a revision's parameter.
+pub fn parameter_name(root: &str, slug: &str, id: &str) -> String {
+    format!("{}/{}/revisions/{}", root.trim_end_matches('/'), slug, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout() -> Rollout {
+        Rollout { strategy: Strategy::InPlace, health_timeout_secs: 60, health_path: "/health".into(), keep_warm_secs: 600 }
+    }
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn ids_are_keyed_stable_and_change_with_content() {
+        let c = ContainerSpec::default();
+        let mut env = BTreeMap::new();
+        env.insert("SECRET".to_string(), "hunter2".to_string());
+        let a = build(b"k1", &c, "r/app", D, &env, &rollout()).unwrap();
+        let b = build(b"k1", &c, "r/app", D, &env, &rollout()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.id.len(), 32);
+        let other_key = build(b"k2", &c, "r/app", D, &env, &rollout()).unwrap();
+        assert_ne!(a.id, other_key.id);
+        assert_ne!(a.env_revision, other_key.env_revision);
+        env.insert("SECRET".to_string(), "hunter3".to_string());
+        let c2 = build(b"k1", &c, "r/app", D, &env, &rollout()).unwrap();
+        assert_ne!(a.env_revision, c2.env_revision);
+        // No secret value in anything but the value itself, and not even there in the clear.
+        assert!(!format!("{a:?}").contains("hunter2"));
+        assert!(!a.value.contains("hunter2"));
+    }
+
+    #[test]
+    fn hostile_values_are_encoded_and_bad_names_refused() {
+        let c = ContainerSpec::default();
+        let mut env = BTreeMap::new();
+        env.insert("X".to_string(), "$(rm -rf /)`id`'\"\n{{ssm:/other/secret}}".to_string());
+        let r = build(b"k", &c, "r/app", D, &env, &rollout()).unwrap();
+        for line in r.value.lines() {
+            assert!(!line.contains('$') && !line.contains('`') && !line.contains("{{"), "{line}");
+        }
+        env.insert("BAD=NAME".to_string(), String::new());
+        assert_eq!(
+            build(b"k", &c, "r/app", D, &env, &rollout()),
+            Err(RevisionError::InvalidEnvName("BAD=NAME".into()))
+        );
+        let mut big = BTreeMap::new();
+        big.insert("B".to_string(), "x".repeat(9000));
+        assert!(matches!(build(b"k", &c, "r/app", D, &big, &rollout()), Err(RevisionError::TooLarge(_))));
+    }
+}
