@@ -33,7 +33,10 @@ pub struct DemoArgs {
 
 /// Runs the demo until interrupted.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    eprintln!("tenant-operator demo: starting the test bed (stand-ins are installed on first use; the first run takes a few minutes)");
+    crate::registry::install_crypto_provider();
+    eprintln!(
+        "tenant-operator demo: starting the test bed (stand-ins are installed on first use; the first run takes a few minutes)"
+    );
     let stack = Stack::start().await.context("starting the test bed (moto, registry, fleet simulator)")?;
     let server = FakeApiServer::start().await?;
     for (_, crd) in crate::crd::all_crds() {
@@ -55,11 +58,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(
         client.clone(),
         Arc::new(sdk_for(&stack).await),
-        Settings { observe_interval: Duration::from_secs(20), env_hmac_key: b"demo-key".to_vec(), ..Default::default() },
+        Settings {
+            observe_interval: Duration::from_secs(20),
+            env_hmac_key: b"demo-key".to_vec(),
+            ..Default::default()
+        },
         Arc::new(Metrics::default()),
     ));
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let controllers = tokio::spawn(controller::run_all(ctx, rx));
+    let resolver = Arc::new(crate::registry::OciResolver::new(crate::registry::RegistrySettings::new(
+        vec![],
+        vec![stack.registry.clone()],
+        vec![],
+    ))?);
+    let controllers = tokio::spawn(controller::run_all(ctx, resolver, rx));
     let deadline = (args.seconds > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.seconds));
     let mut last = String::new();
     loop {
@@ -95,7 +107,12 @@ pub async fn sdk_for(stack: &Stack) -> SdkAws {
 }
 
 /// Launches a simulated host tagged as managed, with its org tag set to `slug` (extra tags win).
-pub async fn launch_managed(stack: &Stack, slug: &str, extra: &[(&str, &str)], state: HostState) -> anyhow::Result<String> {
+pub async fn launch_managed(
+    stack: &Stack,
+    slug: &str,
+    extra: &[(&str, &str)],
+    state: HostState,
+) -> anyhow::Result<String> {
     let settings = Settings::default();
     let mut tags: BTreeMap<&str, &str> = BTreeMap::new();
     tags.insert(&settings.managed_tag, "true");
@@ -164,7 +181,10 @@ async fn progress(client: &kube::Client) -> anyhow::Result<String> {
             ),
         );
     }
-    let mut out = format!("{:<8} {:<10} {:<12} {:<13} {:<6} {:<6} {}\n", "TENANT", "TIER", "INSTANCE", "RUNNING", "SLOT", "READY", "REASON");
+    let mut out = format!(
+        "{:<8} {:<10} {:<12} {:<13} {:<6} {:<6} {}\n",
+        "TENANT", "TIER", "INSTANCE", "RUNNING", "SLOT", "READY", "REASON"
+    );
     for (name, row) in rows {
         out.push_str(&format!("{name:<8} {row}\n"));
     }

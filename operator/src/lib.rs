@@ -4,12 +4,12 @@
 //! AWS dependency (`core`), the API types (`crd`), and thin adapters around them.
 
 pub mod aws;
-pub mod core;
 pub mod controller;
+pub mod core;
 pub mod crd;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod host;
 pub mod metrics;
 pub mod registry;
 pub mod telemetry;
-#[cfg(feature = "demo")]
-pub mod demo;

@@ -47,6 +47,15 @@ struct RunArgs {
     /// File holding the key of the env-revision HMAC.
     #[arg(long, env = "TENANT_OPERATOR_HMAC_KEY_FILE")]
     hmac_key_file: Option<PathBuf>,
+    /// Registry hosts channels may resolve from (repeatable; empty: any).
+    #[arg(long)]
+    allowed_registry: Vec<String>,
+    /// Registry hosts reached over plain HTTP (repeatable).
+    #[arg(long)]
+    insecure_registry: Vec<String>,
+    /// Extra hosts trusted as token realms (repeatable).
+    #[arg(long)]
+    registry_token_realm: Vec<String>,
     /// Address of the metrics endpoint.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_addr: std::net::SocketAddr,
@@ -58,6 +67,7 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tenant_operator::registry::install_crypto_provider();
     tenant_operator::telemetry::init();
     let cli = Cli::parse();
     match cli.command {
@@ -89,15 +99,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => std::fs::read(path)?,
         None => anyhow::bail!("--hmac-key-file is required: env revisions are keyed by the operator"),
     };
-    let settings = Settings { observe_interval: parse_duration(&args.observe_interval)?, env_hmac_key, ..Default::default() };
+    let settings =
+        Settings { observe_interval: parse_duration(&args.observe_interval)?, env_hmac_key, ..Default::default() };
     let metrics = Arc::new(Metrics::default());
     tenant_operator::telemetry::serve_metrics(args.metrics_addr, metrics.clone()).await?;
+    let resolver: Arc<dyn tenant_operator::registry::Resolve> =
+        Arc::new(tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(
+            args.allowed_registry,
+            args.insecure_registry,
+            args.registry_token_realm,
+        ))?);
     let ctx = Arc::new(Context::new(client, Arc::new(aws), settings, metrics));
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         let _ = tx.send(true);
     });
-    controller::run_all(ctx, rx).await;
+    controller::run_all(ctx, resolver, rx).await;
     Ok(())
 }

@@ -46,7 +46,10 @@ pub struct RegistryCredentials {
 
 impl fmt::Debug for RegistryCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistryCredentials").field("username", &self.username).field("password", &"<redacted>").finish()
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
@@ -98,7 +101,8 @@ impl RegistryError {
 #[async_trait]
 pub trait Resolve: Send + Sync {
     /// `image` is `host[:port]/path`; the answer is `sha256:<64 hex>`.
-    async fn resolve(&self, image: &str, tag: &str, auth: Option<RegistryCredentials>) -> Result<String, RegistryError>;
+    async fn resolve(&self, image: &str, tag: &str, auth: Option<RegistryCredentials>)
+    -> Result<String, RegistryError>;
 }
 
 /// Operator settings for registries.
@@ -184,7 +188,8 @@ fn check_tag(tag: &str) -> Result<(), RegistryError> {
 
 /// Whether `d` is `sha256:` and 64 lower-case hex digits.
 pub fn is_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
 }
 
 #[derive(Deserialize)]
@@ -225,8 +230,10 @@ pub fn credentials_for(dockerconfigjson: &[u8], host: &str) -> Result<Option<Reg
         let raw = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())
             .map_err(|_| format!("the entry for {host} has an auth field that is not base64"))?;
-        let text = String::from_utf8(raw).map_err(|_| format!("the entry for {host} has an auth field that is not UTF-8"))?;
-        let (u, p) = text.split_once(':').ok_or_else(|| format!("the entry for {host} has an auth field without ':'"))?;
+        let text =
+            String::from_utf8(raw).map_err(|_| format!("the entry for {host} has an auth field that is not UTF-8"))?;
+        let (u, p) =
+            text.split_once(':').ok_or_else(|| format!("the entry for {host} has an auth field without ':'"))?;
         return Ok(Some(RegistryCredentials { username: u.to_string(), password: p.to_string() }));
     }
     Err(format!("the entry for {host} has neither username/password nor auth"))
@@ -323,7 +330,12 @@ impl OciResolver {
     /// With credentials: asks the registry how it wants to be authenticated and, for a token
     /// realm, exchanges the credentials for a bearer token, provided the realm is the registry's
     /// own host or a configured one.
-    async fn authenticate(&self, host: &str, repo: &str, creds: RegistryCredentials) -> Result<RegistryAuth, RegistryError> {
+    async fn authenticate(
+        &self,
+        host: &str,
+        repo: &str,
+        creds: RegistryCredentials,
+    ) -> Result<RegistryAuth, RegistryError> {
         let scheme = self.settings.scheme(host);
         let probe = format!("{scheme}://{host}/v2/");
         let res = self.http.get(&probe).send().await.map_err(|e| unreachable(host, &e))?;
@@ -342,15 +354,19 @@ impl OciResolver {
                 let realm_host = match (url.host_str(), url.port()) {
                     (Some(h), Some(p)) => format!("{h}:{p}"),
                     (Some(h), None) => h.to_string(),
-                    (None, _) => return Err(RegistryError::Unauthorized(format!("{host} names a token realm without a host"))),
+                    (None, _) => {
+                        return Err(RegistryError::Unauthorized(format!("{host} names a token realm without a host")));
+                    }
                 };
-                let trusted = same_host(&realm_host, host) || self.settings.token_realms.iter().any(|r| same_host(r, &realm_host));
+                let trusted = same_host(&realm_host, host)
+                    || self.settings.token_realms.iter().any(|r| same_host(r, &realm_host));
                 if !trusted {
                     return Err(RegistryError::NotAllowed(format!(
                         "{host} sends credentials to the token realm {realm_host}, which is neither the registry nor a configured token realm: credentials not sent"
                     )));
                 }
-                let secure = url.scheme() == "https" || (url.scheme() == "http" && self.settings.is_insecure(&realm_host));
+                let secure =
+                    url.scheme() == "https" || (url.scheme() == "http" && self.settings.is_insecure(&realm_host));
                 if !secure {
                     return Err(RegistryError::NotAllowed(format!(
                         "the token realm {realm_host} of {host} is not HTTPS: credentials not sent"
@@ -370,15 +386,18 @@ impl OciResolver {
                     .map_err(|e| unreachable(&realm_host, &e))?;
                 let status = res.status();
                 if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-                    return Err(RegistryError::Unauthorized(format!("the token realm of {host} refused the credentials ({status})")));
+                    return Err(RegistryError::Unauthorized(format!(
+                        "the token realm of {host} refused the credentials ({status})"
+                    )));
                 }
                 if !status.is_success() {
                     return Err(RegistryError::Unreachable(format!("the token realm of {host} answered {status}")));
                 }
-                let body: TokenResponse = res
-                    .json()
-                    .await
-                    .map_err(|_| RegistryError::Unreachable(format!("the token realm of {host} answered something else than a token")))?;
+                let body: TokenResponse = res.json().await.map_err(|_| {
+                    RegistryError::Unreachable(format!(
+                        "the token realm of {host} answered something else than a token"
+                    ))
+                })?;
                 let token = body.token.or(body.access_token).filter(|t| !t.is_empty()).ok_or_else(|| {
                     RegistryError::Unreachable(format!("the token realm of {host} answered without a token"))
                 })?;
@@ -405,10 +424,14 @@ fn map_oci(host: &str, image: &str, tag: &str, e: OciDistributionError) -> Regis
     let unauthorized = || RegistryError::Unauthorized(format!("{host} refused access to {image}"));
     match e {
         OciDistributionError::ImageManifestNotFoundError(_) => not_found(),
-        OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => unauthorized(),
+        OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
+            unauthorized()
+        }
         OciDistributionError::RegistryError { envelope, .. } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes.iter().any(|c| matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound)) {
+            if codes.iter().any(|c| {
+                matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound)
+            }) {
                 not_found()
             } else if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
                 unauthorized()
@@ -430,7 +453,12 @@ fn map_oci(host: &str, image: &str, tag: &str, e: OciDistributionError) -> Regis
 
 #[async_trait]
 impl Resolve for OciResolver {
-    async fn resolve(&self, image: &str, tag: &str, auth: Option<RegistryCredentials>) -> Result<String, RegistryError> {
+    async fn resolve(
+        &self,
+        image: &str,
+        tag: &str,
+        auth: Option<RegistryCredentials>,
+    ) -> Result<String, RegistryError> {
         let (host, repo) = split_image(image)?;
         check_tag(tag)?;
         if !self.settings.is_allowed(&host) {
@@ -445,9 +473,9 @@ impl Resolve for OciResolver {
             let client = self.client()?;
             client.fetch_manifest_digest(&reference, &auth).await.map_err(|e| map_oci(&host, image, tag, e))
         };
-        let digest = tokio::time::timeout(self.settings.timeout, work)
-            .await
-            .map_err(|_| RegistryError::Unreachable(format!("{host}: no answer within {:?}", self.settings.timeout)))??;
+        let digest = tokio::time::timeout(self.settings.timeout, work).await.map_err(|_| {
+            RegistryError::Unreachable(format!("{host}: no answer within {:?}", self.settings.timeout))
+        })??;
         if is_digest(&digest) {
             Ok(digest)
         } else {
@@ -479,7 +507,11 @@ mod tests {
 
     #[test]
     fn allowlist_and_schemes() {
-        let s = RegistrySettings::new(vec!["ghcr.io".into(), "127.0.0.1:5000".into()], vec!["127.0.0.1:5000".into()], vec![]);
+        let s = RegistrySettings::new(
+            vec!["ghcr.io".into(), "127.0.0.1:5000".into()],
+            vec!["127.0.0.1:5000".into()],
+            vec![],
+        );
         assert!(s.is_allowed("ghcr.io"));
         assert!(s.is_allowed("GHCR.io"));
         assert!(s.is_allowed("127.0.0.1:5000"));
@@ -531,8 +563,13 @@ mod tests {
     fn challenges_parse() {
         assert_eq!(parse_challenge("Basic realm=\"Registry\""), Some(Challenge::Basic));
         assert_eq!(
-            parse_challenge(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:x:pull""#),
-            Some(Challenge::Bearer { realm: "https://auth.docker.io/token".into(), service: Some("registry.docker.io".into()) })
+            parse_challenge(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:x:pull""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into())
+            })
         );
         assert_eq!(
             parse_challenge("bearer service=ghcr.io, realm=https://ghcr.io/token"),
@@ -545,12 +582,18 @@ mod tests {
     #[test]
     fn oci_errors_map_to_reasons() {
         let env: oci_client::errors::OciEnvelope =
-            serde_json::from_value(serde_json::json!({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "x"}]})).unwrap();
+            serde_json::from_value(serde_json::json!({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "x"}]}))
+                .unwrap();
         let e = map_oci("h", "h/x", "t", OciDistributionError::RegistryError { envelope: env, url: String::new() });
         assert_eq!(e.reason(), "TagNotFound");
         let e = map_oci("h", "h/x", "t", OciDistributionError::UnauthorizedError { url: String::new() });
         assert_eq!(e.reason(), "Unauthorized");
-        let e = map_oci("h", "h/x", "t", OciDistributionError::ServerError { code: 503, url: String::new(), message: String::new() });
+        let e = map_oci(
+            "h",
+            "h/x",
+            "t",
+            OciDistributionError::ServerError { code: 503, url: String::new(), message: String::new() },
+        );
         assert_eq!(e.reason(), "RegistryUnreachable");
         assert!(is_digest(&format!("sha256:{}", "a".repeat(64))));
         assert!(!is_digest("sha256:abc"));

@@ -134,7 +134,10 @@ async fn new_tenant_converges_and_secret_rotation_reaches_the_container() {
     let t = bed
         .wait_tenant("acme", Duration::from_secs(90), "the rotated secret", |t| {
             ready(t)
-                && t.status.as_ref().and_then(|s| s.observed.as_ref()).and_then(|o| o.blue.as_ref())
+                && t.status
+                    .as_ref()
+                    .and_then(|s| s.observed.as_ref())
+                    .and_then(|o| o.blue.as_ref())
                     .and_then(|b| b.env_revision.clone())
                     .is_some_and(|e| e != env_rev_1)
         })
@@ -219,12 +222,17 @@ async fn missing_secret_touches_nothing_on_the_host() {
     let digest = bed.stack.push_image("platform-tenant", "staging", &[("sim.health", "healthy")], false).await.unwrap();
     channel_at(&bed, "staging", &digest).await;
     let id = launch_managed(&bed.stack, "gone", &[], HostState::Fresh).await.unwrap();
-    bed.create::<Tenant>(tenant_json("gone", &id, json!({"container": {"envFrom": [{"secretRef": {"name": "nope"}}]}})))
-        .await
-        .unwrap();
+    bed.create::<Tenant>(tenant_json(
+        "gone",
+        &id,
+        json!({"container": {"envFrom": [{"secretRef": {"name": "nope"}}]}}),
+    ))
+    .await
+    .unwrap();
     let t = bed
         .wait_tenant("gone", Duration::from_secs(60), "SecretsSynced=False", |t| {
-            cond(t, "SecretsSynced").is_some_and(|c| c.0 == "False") && t.status.as_ref().is_some_and(|s| s.observed.is_some())
+            cond(t, "SecretsSynced").is_some_and(|c| c.0 == "False")
+                && t.status.as_ref().is_some_and(|s| s.observed.is_some())
         })
         .await
         .unwrap();

@@ -58,12 +58,7 @@ async fn create_channel(bed: &Bed, name: &str, spec: serde_json::Value) -> Image
 }
 
 fn cond(c: &ImageChannel, type_: &str) -> Option<(String, String)> {
-    c.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|x| x.type_ == type_)
-        .map(|x| (x.status.clone(), x.reason.clone()))
+    c.status.as_ref()?.conditions.iter().find(|x| x.type_ == type_).map(|x| (x.status.clone(), x.reason.clone()))
 }
 
 fn digest(c: &ImageChannel) -> Option<String> {
@@ -102,8 +97,10 @@ async fn channel_follows_the_tag() {
     let index = bed.stack.push_image("chan-multi", "latest", &[("sim.version", "1")], true).await.unwrap();
     let _running = start_channels(&bed).await;
 
-    create_channel(&bed, "single", json!({"image": format!("{reg}/chan-single"), "tag": "latest", "interval": "2s"})).await;
-    create_channel(&bed, "multi", json!({"image": format!("{reg}/chan-multi"), "tag": "latest", "interval": "2s"})).await;
+    create_channel(&bed, "single", json!({"image": format!("{reg}/chan-single"), "tag": "latest", "interval": "2s"}))
+        .await;
+    create_channel(&bed, "multi", json!({"image": format!("{reg}/chan-multi"), "tag": "latest", "interval": "2s"}))
+        .await;
 
     let s = wait_channel(&bed, "single", "the pushed digest", |c| digest(c).as_deref() == Some(single.as_str())).await;
     assert_eq!(cond(&s, "Ready"), ready("Resolved"));
@@ -137,7 +134,8 @@ async fn channel_follows_the_tag() {
     assert_eq!(s.status.as_ref().unwrap().history.len(), 2);
 
     // A new channel on a missing tag has no digest at all.
-    create_channel(&bed, "missing", json!({"image": format!("{reg}/chan-single"), "tag": "nope", "interval": "2s"})).await;
+    create_channel(&bed, "missing", json!({"image": format!("{reg}/chan-single"), "tag": "nope", "interval": "2s"}))
+        .await;
     let c = wait_channel(&bed, "missing", "TagNotFound", |c| cond(c, "Ready") == not_ready("TagNotFound")).await;
     assert_eq!(digest(&c), None);
 }
@@ -176,7 +174,8 @@ async fn channel_pin_wins_and_the_allowlist_holds() {
         .patch("pinned", &PatchParams::default(), &Patch::Merge(json!({"spec": {"pinnedDigest": null}})))
         .await
         .unwrap();
-    let p = wait_channel(&bed, "pinned", "the tag after unpinning", |c| digest(c).as_deref() == Some(latest.as_str())).await;
+    let p = wait_channel(&bed, "pinned", "the tag after unpinning", |c| digest(c).as_deref() == Some(latest.as_str()))
+        .await;
     assert_eq!(cond(&p, "Ready"), ready("Resolved"));
 
     // Off the allowlist: refused with a condition, stalled, and no connection is ever made.
@@ -186,7 +185,9 @@ async fn channel_pin_wins_and_the_allowlist_holds() {
         json!({"image": format!("127.0.0.1:{}/chan-pin", bogus.port()), "tag": "latest", "interval": "2s"}),
     )
     .await;
-    let e = wait_channel(&bed, "elsewhere", "RegistryNotAllowed", |c| cond(c, "Ready") == not_ready("RegistryNotAllowed")).await;
+    let e =
+        wait_channel(&bed, "elsewhere", "RegistryNotAllowed", |c| cond(c, "Ready") == not_ready("RegistryNotAllowed"))
+            .await;
     assert_eq!(cond(&e, "Stalled"), ready("RegistryNotAllowed"));
     assert_eq!(digest(&e), None);
     // Give the requeue (2 s) a chance to try again.

@@ -13,10 +13,14 @@ use testbed::stack::Stack;
 
 /// Everything one test needs.
 pub struct Bed {
+    /// Kept alive for the test's duration (the kubectl tests also use its URL).
+    #[allow(dead_code)]
     pub server: FakeApiServer,
     pub stack: Stack,
     pub client: kube::Client,
     pub metrics: Arc<Metrics>,
+    /// The running controllers' context (fault points live there).
+    pub ctx: Option<Arc<Context>>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     controllers: Option<tokio::task::JoinHandle<()>>,
 }
@@ -43,6 +47,7 @@ impl Bed {
 
     /// Starts the bed only.
     pub async fn start_without_controllers() -> anyhow::Result<Bed> {
+        tenant_operator::registry::install_crypto_provider();
         let stack = Stack::start().await.context("test bed stack")?;
         let server = FakeApiServer::start().await?;
         for (_, crd) in tenant_operator::crd::all_crds() {
@@ -53,7 +58,15 @@ impl Bed {
         namespaces
             .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?)
             .await?;
-        Ok(Bed { server, stack, client, metrics: Arc::new(Metrics::default()), stop: None, controllers: None })
+        Ok(Bed {
+            server,
+            stack,
+            client,
+            metrics: Arc::new(Metrics::default()),
+            ctx: None,
+            stop: None,
+            controllers: None,
+        })
     }
 
     /// Starts the controllers (again, after `stop_controllers`, to simulate a restart).
@@ -61,8 +74,17 @@ impl Bed {
         let aws = tenant_operator::demo::sdk_for(&self.stack).await;
         let ctx = Arc::new(Context::new(self.client.clone(), Arc::new(aws), settings, self.metrics.clone()));
         let (tx, rx) = tokio::sync::watch::channel(false);
+        self.ctx = Some(ctx.clone());
         self.stop = Some(tx);
-        self.controllers = Some(tokio::spawn(controller::run_all(ctx, rx)));
+        let resolver = Arc::new(
+            tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(
+                vec![],
+                vec![self.stack.registry.clone()],
+                vec![],
+            ))
+            .expect("registry client"),
+        );
+        self.controllers = Some(tokio::spawn(controller::run_all(ctx, resolver, rx)));
     }
 
     /// Stops the controllers, as a killed operator would stop.
@@ -107,7 +129,10 @@ impl Bed {
                 return Ok(t);
             }
             if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("tenant {name}: timed out waiting for {what}; status: {}", serde_json::to_string_pretty(&t.status)?);
+                anyhow::bail!(
+                    "tenant {name}: timed out waiting for {what}; status: {}",
+                    serde_json::to_string_pretty(&t.status)?
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -124,10 +149,5 @@ impl Drop for Bed {
 
 /// The condition's (status, reason), if present.
 pub fn cond(t: &Tenant, type_: &str) -> Option<(String, String)> {
-    t.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
+    t.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
 }

@@ -63,7 +63,8 @@ async fn unmanaged_or_mismatched_instances_get_a_condition_and_no_command() {
     // Tags that match nothing.
     bed.create::<Tenant>(tenant("nobody", "nobody", json!({"tags": {"team": "none"}}))).await.unwrap();
 
-    for (name, reason) in [("rogue", "InstanceNotManaged"), ("gamma", "OrgTagMismatch"), ("nobody", "InstanceNotFound")] {
+    for (name, reason) in [("rogue", "InstanceNotManaged"), ("gamma", "OrgTagMismatch"), ("nobody", "InstanceNotFound")]
+    {
         let t = bed
             .wait_tenant(name, Duration::from_secs(30), reason, |t| cond(t, "Stalled").is_some_and(|c| c.1 == reason))
             .await

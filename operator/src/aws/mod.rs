@@ -157,7 +157,12 @@ pub trait Aws: Send + Sync + 'static {
     /// ListCommands for this instance, finding the one whose comment carries `token`.
     async fn find_command(&self, scope: &AwsScope, instance: &str, token: &str) -> Result<Option<String>, AwsError>;
     /// GetCommandInvocation (`None` while SSM does not know the invocation yet).
-    async fn invocation(&self, scope: &AwsScope, command_id: &str, instance: &str) -> Result<Option<Invocation>, AwsError>;
+    async fn invocation(
+        &self,
+        scope: &AwsScope,
+        command_id: &str,
+        instance: &str,
+    ) -> Result<Option<Invocation>, AwsError>;
     /// PutParameter as a SecureString that must not exist yet (revisions are immutable).
     async fn put_secure_parameter(&self, scope: &AwsScope, name: &str, value: &str) -> Result<(), AwsError>;
     /// Parameter names under a path (recursive).

@@ -232,11 +232,7 @@ impl Aws for SdkAws {
                 .send()
                 .await
                 .map_err(classify)?;
-            return Ok(created
-                .document_description()
-                .and_then(|d| d.document_version())
-                .unwrap_or("1")
-                .to_string());
+            return Ok(created.document_description().and_then(|d| d.document_version()).unwrap_or("1").to_string());
         };
         if current.hash() == Some(want.as_str()) {
             return Ok(current.default_version().or(current.document_version()).unwrap_or("1").to_string());
@@ -274,13 +270,7 @@ impl Aws for SdkAws {
             }
             Err(e) => return Err(classify(e)),
         };
-        c.ssm
-            .update_document_default_version()
-            .name(name)
-            .document_version(&version)
-            .send()
-            .await
-            .map_err(classify)?;
+        c.ssm.update_document_default_version().name(name).document_version(&version).send().await.map_err(classify)?;
         Ok(version)
     }
 
@@ -327,7 +317,12 @@ impl Aws for SdkAws {
         }
     }
 
-    async fn invocation(&self, scope: &AwsScope, command_id: &str, instance: &str) -> Result<Option<Invocation>, AwsError> {
+    async fn invocation(
+        &self,
+        scope: &AwsScope,
+        command_id: &str,
+        instance: &str,
+    ) -> Result<Option<Invocation>, AwsError> {
         let c = self.clients(scope).await;
         match c.ssm.get_command_invocation().command_id(command_id).instance_id(instance).send().await {
             Ok(r) => Ok(Some(Invocation {

@@ -162,7 +162,11 @@ impl ImageChannel {
     /// The credentials for the image's registry from `spec.pullSecret`: `Ok(Ok(None))` without a
     /// pull secret or without an entry for that registry, `Ok(Err(..))` when the Secret is missing
     /// or not usable (a condition, not a reconcile error).
-    async fn credentials(&self, ctx: &Context, ns: &str) -> Result<Result<Option<RegistryCredentials>, Resolution>, Error> {
+    async fn credentials(
+        &self,
+        ctx: &Context,
+        ns: &str,
+    ) -> Result<Result<Option<RegistryCredentials>, Resolution>, Error> {
         let Some(secret_ref) = &self.spec.pull_secret else {
             return Ok(Ok(None));
         };

@@ -8,11 +8,11 @@ use crate::core::conditions;
 use crate::crd::{ImageChannel, Revision, Tenant};
 use futures::StreamExt;
 use jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::ResourceExt;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,13 @@ pub fn admit(tenant: &Tenant, channel: Option<&ImageChannel>, now: &Timestamp) -
     {
         return Some(cur.clone());
     }
-    Some(Revision { digest, image, env_revision: None, source: Some(source.into()), admitted_at: Some(now.to_string()) })
+    Some(Revision {
+        digest,
+        image,
+        env_revision: None,
+        source: Some(source.into()),
+        admitted_at: Some(now.to_string()),
+    })
 }
 
 /// Runs the coordinator until `shutdown` resolves.

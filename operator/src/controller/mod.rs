@@ -1,5 +1,6 @@
 //! Controllers: thin adapters between the Kubernetes API, AWS and the pure decisions in `core`.
 
+pub mod channel;
 pub mod coordinator;
 pub mod error;
 pub mod tenant;
@@ -55,6 +56,15 @@ impl Default for Settings {
     }
 }
 
+/// Places where a test can make the operator stop as if it were killed there.
+#[derive(Debug, Default)]
+pub struct FaultPoints {
+    /// Fail right after the intent is written, before SendCommand.
+    pub crash_after_intent: std::sync::atomic::AtomicBool,
+    /// Fail right after SendCommand, before its id is recorded.
+    pub crash_after_send: std::sync::atomic::AtomicBool,
+}
+
 /// What every reconcile shares.
 pub struct Context {
     /// Kubernetes client.
@@ -67,6 +77,8 @@ pub struct Context {
     pub reporter: Reporter,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Fault points for crash tests (never set in production).
+    pub faults: FaultPoints,
     /// Document version ensured per AWS scope (created/updated once per scope and process).
     documents: Mutex<HashMap<AwsScope, String>>,
 }
@@ -80,6 +92,7 @@ impl Context {
             settings,
             reporter: Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
             metrics,
+            faults: FaultPoints::default(),
             documents: Mutex::new(HashMap::new()),
         }
     }
@@ -100,12 +113,17 @@ impl Context {
 }
 
 /// Runs every controller until `shutdown` resolves.
-pub async fn run_all(ctx: Arc<Context>, shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run_all(
+    ctx: Arc<Context>,
+    resolver: Arc<dyn crate::registry::Resolve>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     tokio::join!(
         tenant::run(ctx.clone(), wait(shutdown.clone())),
         coordinator::run(ctx.clone(), wait(shutdown.clone())),
+        channel::run(ctx.clone(), resolver, wait(shutdown.clone())),
     );
 }

@@ -6,12 +6,14 @@ use crate::aws::{AwsScope, InstanceQuery, Invocation, InvocationStatus, Ping, Se
 use crate::core::conditions::{self, Cond};
 use crate::core::report::{HostReport, short_digest};
 use crate::core::tenant::{self as plan, Desired, Next, PlanInput};
-use crate::crd::{ApplyRecord, InFlightCommand, RolloutPolicy, RolloutPolicySpec, Tenant, TenantStatus, condition as ct};
+use crate::crd::{
+    ApplyRecord, InFlightCommand, RolloutPolicy, RolloutPolicySpec, Tenant, TenantStatus, condition as ct,
+};
 use crate::host::document;
 use crate::host::revision::{self, DesiredRevision, Rollout};
-use k8s_openapi::api::core::v1::Secret;
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -56,6 +58,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = tenant.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &ns);
+    // Decide from the stored object, never from a cache that may predate our own last write: a
+    // stale `inFlight` would otherwise be lost and a second command sent.
+    let Some(tenant) = api.get_opt(&tenant.name_any()).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
     let res = finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
             Finalizer::Apply(t) => t.reconcile(&ctx).await,
@@ -89,7 +96,10 @@ enum Found {
 
 impl Tenant {
     fn scope(&self) -> AwsScope {
-        AwsScope { region: self.spec.instance.region.clone(), assume_role_arn: self.spec.instance.assume_role_arn.clone() }
+        AwsScope {
+            region: self.spec.instance.region.clone(),
+            assume_role_arn: self.spec.instance.assume_role_arn.clone(),
+        }
     }
 
     fn status_or_default(&self) -> TenantStatus {
@@ -108,7 +118,10 @@ impl Tenant {
                 InstanceQuery { ids: vec![], tags }
             }
             (None, None) => {
-                return Ok(Found::Problem("InvalidSpec", "exactly one of instance.id or instance.tags must be set".into()));
+                return Ok(Found::Problem(
+                    "InvalidSpec",
+                    "exactly one of instance.id or instance.tags must be set".into(),
+                ));
             }
         };
         let found = ctx.aws.describe_instances(&scope, &query).await?;
@@ -212,11 +225,19 @@ impl Tenant {
             self.write_status(ctx, status, &conds, generation, &now).await?;
             return Ok(Action::requeue(Duration::from_secs(15)));
         }
-        let reachable = Cond::yes(ct::INSTANCE_REACHABLE, "AgentOnline", format!("the SSM agent of {instance} is online"));
+        let reachable =
+            Cond::yes(ct::INSTANCE_REACHABLE, "AgentOnline", format!("the SSM agent of {instance} is online"));
 
         let (desired, secrets) = match &status.target {
             Some(target) => match self.desired_revision(ctx, &ns_of(self)?, target).await? {
-                Ok(rev) => (Some(rev), Cond::yes(ct::SECRETS_SYNCED, "SecretsSynced", "every referenced Secret and key is in the target revision")),
+                Ok(rev) => (
+                    Some(rev),
+                    Cond::yes(
+                        ct::SECRETS_SYNCED,
+                        "SecretsSynced",
+                        "every referenced Secret and key is in the target revision",
+                    ),
+                ),
                 Err(cond) => (None, cond),
             },
             None => (None, Cond::yes(ct::SECRETS_SYNCED, "NoTarget", "no target admitted yet")),
@@ -282,7 +303,13 @@ impl Tenant {
         // The intent is durable before anything reaches the host.
         // Conditions are left as they are; only the intent is added.
         self.write_status(ctx, status.clone(), &[], generation, now).await?;
+        if ctx.faults.crash_after_intent.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::InjectedCrash("after-intent"));
+        }
         let id = self.send_intent(ctx, scope, instance, &intent, &version).await?;
+        if ctx.faults.crash_after_send.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::InjectedCrash("after-send"));
+        }
         ctx.metrics.command(action, "sent");
         if let Some(f) = status.in_flight.as_mut() {
             f.command_id = Some(id);
@@ -378,7 +405,9 @@ impl Tenant {
                 (Ok(r), _) if r.status == "ok" => ("Succeeded", r.detail.clone()),
                 (Ok(r), _) if r.detail.ends_with("rolled-back") => ("RolledBack", r.detail.clone()),
                 (Ok(r), _) => ("Failed", r.detail.clone()),
-                (Err(_), InvocationStatus::TimedOut | InvocationStatus::DeliveryTimedOut) => ("TimedOut", outcome.into()),
+                (Err(_), InvocationStatus::TimedOut | InvocationStatus::DeliveryTimedOut) => {
+                    ("TimedOut", outcome.into())
+                }
                 (Err(e), _) => ("Failed", e.to_string()),
             };
             status.history.insert(
@@ -461,7 +490,9 @@ impl Tenant {
             Err(e @ revision::RevisionError::InvalidEnvName(_)) => {
                 Ok(Err(Cond::no(ct::SECRETS_SYNCED, "InvalidSecretKey", e.to_string())))
             }
-            Err(e @ revision::RevisionError::TooLarge(_)) => Ok(Err(Cond::no(ct::SECRETS_SYNCED, "EnvTooLarge", e.to_string()))),
+            Err(e @ revision::RevisionError::TooLarge(_)) => {
+                Ok(Err(Cond::no(ct::SECRETS_SYNCED, "EnvTooLarge", e.to_string())))
+            }
         }
     }
 
@@ -498,13 +529,18 @@ impl Tenant {
             }
             (Some(_), Some(target)) => match desired {
                 Some(d) if runs(d, target) => {
-                    out.push(Cond::yes(ct::READY, "Converged", format!("the host runs {} and is healthy", target.image)));
+                    out.push(Cond::yes(
+                        ct::READY,
+                        "Converged",
+                        format!("the host runs {} and is healthy", target.image),
+                    ));
                     out.push(Cond::no(ct::RECONCILING, "Converged", "nothing to do"));
                     out.push(Cond::no(ct::STALLED, "Converged", "not stalled"));
                     out.push(Cond::yes(ct::IMAGE_UP_TO_DATE, "Converged", "the serving slot runs the target revision"));
                 }
                 Some(d) if failed.is_some_and(|f| f.revision == d.id) && status.in_flight.is_none() => {
-                    let f = failed.map(|f| (f.result.clone(), f.message.clone().unwrap_or_default())).unwrap_or_default();
+                    let f =
+                        failed.map(|f| (f.result.clone(), f.message.clone().unwrap_or_default())).unwrap_or_default();
                     let reason = if f.0 == "RolledBack" { "RolledBack" } else { "ApplyFailed" };
                     let message = format!("revision {} failed on the host ({}): {}", d.id, f.0, f.1);
                     out.push(Cond::no(ct::READY, reason, message.clone()));
@@ -516,7 +552,11 @@ impl Tenant {
                     out.push(Cond::no(ct::READY, "Progressing", format!("moving the host to {}", target.image)));
                     out.push(Cond::yes(ct::RECONCILING, "Progressing", "moving the host to the target revision"));
                     out.push(Cond::no(ct::STALLED, "Progressing", "not stalled"));
-                    out.push(Cond::no(ct::IMAGE_UP_TO_DATE, "Progressing", "the serving slot does not run the target revision"));
+                    out.push(Cond::no(
+                        ct::IMAGE_UP_TO_DATE,
+                        "Progressing",
+                        "the serving slot does not run the target revision",
+                    ));
                 }
             },
             (Some(_), None) => {

@@ -92,8 +92,14 @@ pub fn next_status(
                     let good = last_good(&st);
                     st.digest = good.clone();
                     let msg = match &good {
-                        Some(g) => format!("{}:{tag} resolves to {d}, which a rollout rejected; {g} stays in force", spec.image),
-                        None => format!("{}:{tag} resolves to {d}, which a rollout rejected; no other digest to run", spec.image),
+                        Some(g) => format!(
+                            "{}:{tag} resolves to {d}, which a rollout rejected; {g} stays in force",
+                            spec.image
+                        ),
+                        None => format!(
+                            "{}:{tag} resolves to {d}, which a rollout rejected; no other digest to run",
+                            spec.image
+                        ),
                     };
                     conds.push(Cond::yes(DIGEST_REJECTED, "DigestRejected", msg.clone()));
                     match good {
@@ -116,7 +122,11 @@ pub fn next_status(
                     conds.push(Cond::no(ct::RECONCILING, "Resolved", "resolved"));
                     conds.push(Cond::no(ct::STALLED, "Resolved", "resolved"));
                     if conditions::find(&prev.conditions, DIGEST_REJECTED).is_some() {
-                        conds.push(Cond::no(DIGEST_REJECTED, "NotRejected", "the tag resolves to a digest not rejected"));
+                        conds.push(Cond::no(
+                            DIGEST_REJECTED,
+                            "NotRejected",
+                            "the tag resolves to a digest not rejected",
+                        ));
                     }
                 }
             }
@@ -129,7 +139,11 @@ pub fn next_status(
                 let msg = format!("{message}{kept}");
                 conds.push(Cond::no(ct::READY, reason, msg.clone()));
                 if is_stalling(reason) {
-                    conds.push(Cond::no(ct::RECONCILING, reason, "waiting for a change of spec, Secret or operator settings"));
+                    conds.push(Cond::no(
+                        ct::RECONCILING,
+                        reason,
+                        "waiting for a change of spec, Secret or operator settings",
+                    ));
                     conds.push(Cond::yes(ct::STALLED, reason, msg));
                 } else {
                     conds.push(Cond::yes(ct::RECONCILING, reason, "retrying at the next interval"));
@@ -186,9 +200,8 @@ fn bound(history: &mut Vec<ChannelHistoryEntry>, limit: i32, current: Option<&st
     let limit = usize::try_from(limit.max(1)).unwrap_or(1);
     for pass_rejected in [false, true] {
         while history.len() > limit {
-            let victim = history
-                .iter()
-                .rposition(|h| Some(h.digest.as_str()) != current && (pass_rejected || !h.rejected));
+            let victim =
+                history.iter().rposition(|h| Some(h.digest.as_str()) != current && (pass_rejected || !h.rejected));
             match victim {
                 Some(i) => {
                     history.remove(i);

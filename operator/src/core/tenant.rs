@@ -68,11 +68,7 @@ pub fn next(input: &PlanInput<'_>) -> Next {
     {
         return Next::Apply;
     }
-    if age >= input.observe_interval {
-        Next::Observe
-    } else {
-        Next::Wait(input.observe_interval - age)
-    }
+    if age >= input.observe_interval { Next::Observe } else { Next::Wait(input.observe_interval - age) }
 }
 
 /// Whether the host runs `target` in its serving slot, healthy.

@@ -28,7 +28,7 @@ impl Duration {
 
     /// The duration as a standard one (negative values, which the schema forbids, become zero).
     pub fn as_std(&self) -> std::time::Duration {
-        std::time::Duration::try_from(self.0).unwrap_or_default()
+        std::time::Duration::from(self.0)
     }
 
     pub(crate) fn from_secs(secs: u64) -> Self {

@@ -164,7 +164,12 @@ mod tests {
     use super::*;
 
     fn rollout() -> Rollout {
-        Rollout { strategy: Strategy::InPlace, health_timeout_secs: 60, health_path: "/health".into(), keep_warm_secs: 600 }
+        Rollout {
+            strategy: Strategy::InPlace,
+            health_timeout_secs: 60,
+            health_path: "/health".into(),
+            keep_warm_secs: 600,
+        }
     }
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
