@@ -18,9 +18,6 @@ pub enum Error {
     /// The object lacks something the API server always sets.
     #[error("object is missing {0}")]
     MissingField(&'static str),
-    /// A fault point made the reconcile stop here (tests only).
-    #[error("injected crash at {0}")]
-    InjectedCrash(&'static str),
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
@@ -37,7 +34,6 @@ impl Error {
             Error::Serialization(_) => "SerializationError",
             Error::MissingField(_) => "MissingField",
             Error::Finalizer(_) => "FinalizerError",
-            Error::InjectedCrash(_) => "InjectedCrash",
         }
     }
 

@@ -59,9 +59,9 @@ impl Default for Settings {
 /// Places where a test can make the operator stop as if it were killed there.
 #[derive(Debug, Default)]
 pub struct FaultPoints {
-    /// Fail right after the intent is written, before SendCommand.
+    /// Stop (the reconcile never returns) right after the intent is written, before SendCommand.
     pub crash_after_intent: std::sync::atomic::AtomicBool,
-    /// Fail right after SendCommand, before its id is recorded.
+    /// Stop right after SendCommand, before its id is recorded.
     pub crash_after_send: std::sync::atomic::AtomicBool,
 }
 

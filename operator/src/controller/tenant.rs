@@ -300,15 +300,29 @@ impl Tenant {
             started_at: now.to_string(),
         };
         status.in_flight = Some(intent.clone());
-        // The intent is durable before anything reaches the host.
-        // Conditions are left as they are; only the intent is added.
-        self.write_status(ctx, status.clone(), &[], generation, now).await?;
+        // The intent is durable before anything reaches the host. An apply also says so in the
+        // conditions at once, so nobody reads a stale `Ready` while the host changes.
+        let conds = if action == "observe" {
+            vec![]
+        } else {
+            vec![
+                Cond::no(
+                    ct::READY,
+                    "Applying",
+                    format!("applying revision {}", revision.as_deref().unwrap_or_default()),
+                ),
+                Cond::yes(ct::RECONCILING, "Applying", "a command is changing the host"),
+                Cond::no(ct::STALLED, "Applying", "not stalled"),
+            ]
+        };
+        self.write_status(ctx, status.clone(), &conds, generation, now).await?;
         if ctx.faults.crash_after_intent.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::InjectedCrash("after-intent"));
+            // As if the process died here: this reconcile never finishes.
+            std::future::pending::<()>().await;
         }
         let id = self.send_intent(ctx, scope, instance, &intent, &version).await?;
         if ctx.faults.crash_after_send.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::InjectedCrash("after-send"));
+            std::future::pending::<()>().await;
         }
         ctx.metrics.command(action, "sent");
         if let Some(f) = status.in_flight.as_mut() {
