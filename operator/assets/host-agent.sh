@@ -194,14 +194,14 @@ wait_healthy() {
   return 1
 }
 
-# The router: a proxy on the routing port; each new connection reads the upstream port file, so a
+# The router: a proxy on the routing port (it must not inherit the report pipe or the host lock); each new connection reads the upstream port file, so a
 # switch is one atomic rename. Connections in flight finish on the old slot, which stays warm.
 # An external router (the seed's Worker KV) would replace set_upstream with a call of its own.
 ensure_router() {
   local pidfile="$STATE/router.pid"
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return 0; fi
   setsid socat "TCP-LISTEN:$R_PORT_ROUTING,bind=$ADDR,fork,reuseaddr" \
-    "SYSTEM:exec socat STDIO TCP\:$ADDR\:\$(cat $STATE/upstream)" </dev/null >/dev/null 2>&1 &
+    "SYSTEM:exec socat STDIO TCP\:$ADDR\:\$(cat $STATE/upstream)" </dev/null >/dev/null 2>&1 3>&- 9>&- &
   echo $! > "$pidfile"
   sleep 0.2
 }

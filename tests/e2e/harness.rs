@@ -48,6 +48,11 @@ impl Bed {
     /// Starts the bed only.
     pub async fn start_without_controllers() -> anyhow::Result<Bed> {
         tenant_operator::registry::install_crypto_provider();
+        // Operator logs go to the test's output (shown for failing tests, or with --nocapture).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,kube=warn,aws=warn"))
+            .with_test_writer()
+            .try_init();
         let stack = Stack::start().await.context("test bed stack")?;
         let server = FakeApiServer::start().await?;
         for (_, crd) in tenant_operator::crd::all_crds() {

@@ -2,8 +2,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod apply;
+mod bluegreen;
+mod budget;
 mod channel;
+mod chart;
 mod crash;
 mod harness;
+mod iam;
+mod kubectl;
 mod manifests;
 mod slice;

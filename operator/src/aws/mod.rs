@@ -4,6 +4,7 @@
 //! and the fleet simulator. Every call names an [`AwsScope`] (region, role) so that a tenant in
 //! another account is reached with its own credentials.
 
+pub mod counting;
 pub mod sdk;
 
 use async_trait::async_trait;

@@ -123,6 +123,9 @@ impl Stack {
         let moto_port = free_port()?;
         let mut moto_cmd = Command::new(venv_bin("moto_server"));
         moto_cmd.args(["-H", "127.0.0.1", "-p", &moto_port.to_string()]);
+        // moto's request recorder (off until `POST /moto-api/recorder/start-recording`) writes here,
+        // not into the test's working directory.
+        moto_cmd.env("MOTO_RECORDER_FILEPATH", workdir.join("moto-recording.jsonl"));
         let moto = spawn_logged(moto_cmd, &workdir, "moto")?;
         let moto_url = format!("http://127.0.0.1:{moto_port}");
 

@@ -1,0 +1,149 @@
+//! Blue/green: the new revision starts in the idle slot, the router switches, the old slot stays
+//! warm, and a switch-back needs no pull; no request through the routing port fails meanwhile.
+
+use crate::apply::{channel_at, tenant_json};
+use crate::harness::{Bed, NS, cond};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tenant_operator::crd::{RolloutPolicy, Slot, Tenant};
+use tenant_operator::demo::launch_managed;
+use testbed::stack::HostState;
+
+/// Requests through the routing port until stopped: (ok, failed, first failure).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(addr: String, port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let handle = std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            // Bounded: at most 20,000 requests or until stopped.
+            for _ in 0..20_000 {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                match get(&addr, port) {
+                    Ok(200) => {
+                        o.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        errors.push(format!("{other:?}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            errors
+        });
+        Load { stop, ok, failed, handle: Some(handle) }
+    }
+
+    fn finish(mut self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let errors = self.handle.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        (self.ok.load(Ordering::SeqCst), self.failed.load(Ordering::SeqCst), errors)
+    }
+}
+
+fn get(addr: &str, port: u16) -> Result<u16, String> {
+    let mut s = std::net::TcpStream::connect((addr, port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    s.write_all(b"GET /health HTTP/1.0\r\nHost: tenant\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad reply: {text:?}"))
+}
+
+fn serving(t: &Tenant) -> Option<(Slot, String)> {
+    let o = t.status.as_ref()?.observed.as_ref()?;
+    let slot = o.active_slot?;
+    let s = match slot {
+        Slot::Blue => o.blue.as_ref(),
+        Slot::Green => o.green.as_ref(),
+    }?;
+    Some((slot, s.digest.clone()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switches_with_zero_failed_requests_and_switches_back_warm() {
+    let bed = Bed::start().await.unwrap();
+    let v1 = bed.stack.push_image("platform-tenant", "v1", &[("sim.health", "healthy")], false).await.unwrap();
+    let v2 = bed
+        .stack
+        .push_image("platform-tenant", "v2", &[("sim.health", "healthy"), ("sim.version", "2")], false)
+        .await
+        .unwrap();
+    let policy: RolloutPolicy = serde_json::from_value(json!({
+        "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
+        "metadata": {"name": "bg", "namespace": NS},
+        "spec": {"strategy": "BlueGreen", "keepPreviousSlotSeconds": 300, "healthCheck": {"timeout": "20s"}}
+    }))
+    .unwrap();
+    Api::<RolloutPolicy>::namespaced(bed.client.clone(), NS).create(&PostParams::default(), &policy).await.unwrap();
+    channel_at(&bed, "staging", &v1).await;
+    let id = launch_managed(&bed.stack, "echo", &[], HostState::Fresh).await.unwrap();
+    bed.create::<Tenant>(tenant_json("echo", &id, json!({"rolloutPolicy": "bg"}))).await.unwrap();
+    let on = |digest: String| {
+        move |t: &Tenant| {
+            cond(t, "Ready").is_some_and(|c| c.1 == "Converged")
+                && t.status.as_ref().is_some_and(|s| s.in_flight.is_none())
+                && serving(t).is_some_and(|(_, d)| d == digest)
+        }
+    };
+    let t = bed.wait_tenant("echo", Duration::from_secs(90), "v1 serving", on(v1.clone())).await.unwrap();
+    let (first, _) = serving(&t).unwrap();
+    let addr = bed.stack.host_addr(&id);
+
+    // Traffic through the router during the switch.
+    let load = Load::start(addr.clone(), 8000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    channel_at(&bed, "staging", &v2).await;
+    let t = bed.wait_tenant("echo", Duration::from_secs(90), "v2 serving", on(v2.clone())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failed, errors) = load.finish();
+    assert_eq!(failed, 0, "failed requests through the routing port: {errors:?}");
+    assert!(ok > 10, "too little traffic to prove anything: {ok}");
+    let (second, _) = serving(&t).unwrap();
+    assert_eq!(second, first.other(), "the new revision runs in the other slot");
+    // The old slot stays warm with the old digest.
+    let obs = t.status.clone().unwrap().observed.unwrap();
+    let old = if first == Slot::Blue { obs.blue.clone() } else { obs.green.clone() }.unwrap();
+    assert!(old.running);
+    assert_eq!(old.digest.as_deref(), Some(v1.as_str()));
+
+    // Switch back: the warm slot is used, no pull, no start.
+    let docker_log = bed.stack.host_dir(&id).join("var/lib/docker-sim/commands.log");
+    let before = std::fs::read_to_string(bed.stack.host_dir(&id).join("var/log/tenant-operator/agent.log")).unwrap();
+    let docker_before = std::fs::read_to_string(&docker_log).unwrap();
+    let load = Load::start(addr.clone(), 8000);
+    channel_at(&bed, "staging", &v1).await;
+    let t = bed.wait_tenant("echo", Duration::from_secs(60), "v1 serving again", on(v1.clone())).await.unwrap();
+    let (ok, failed, errors) = load.finish();
+    assert_eq!(failed, 0, "failed requests during the switch-back: {errors:?}");
+    assert!(ok > 0);
+    assert_eq!(serving(&t).unwrap().0, first);
+    let after = std::fs::read_to_string(bed.stack.host_dir(&id).join("var/log/tenant-operator/agent.log")).unwrap();
+    let new_lines = &after[before.len()..];
+    assert!(new_lines.contains("switch-back"), "host log: {new_lines}");
+    // What docker was asked to do during the switch-back: no pull, no run.
+    let docker_after = std::fs::read_to_string(&docker_log).unwrap();
+    let docker_new = &docker_after[docker_before.len()..];
+    let verbs: Vec<&str> = docker_new
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| ["pull", "run", "start"].contains(w)))
+        .collect();
+    assert!(verbs.is_empty(), "docker did {verbs:?} on switch-back: {docker_new}");
+}

@@ -1,0 +1,232 @@
+//! The Helm chart `charts/tenant-operator`: its CRDs are copies of `crds/`, and a real helm lints and
+//! renders it into the kinds we expect, with least-privilege RBAC and a hardened Deployment.
+//!
+//! helm is `$TESTBED_HELM` or `.testbed/bin/helm` (installed by `scripts/helm`, which
+//! scripts/bootstrap calls). Without it the helm test prints a note and passes, unless
+//! `TESTBED_REQUIRE_KUBECTL=1` (set by scripts/test), where a missing helm fails it.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/tenant-operator")
+}
+
+fn yaml_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            out.insert(path.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&path).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn chart_crds_are_copies_of_the_generated_crds() {
+    let generated = yaml_files(&repo_root().join("crds"));
+    let chart = yaml_files(&chart_dir().join("crds"));
+    assert!(!generated.is_empty());
+    let fix = "cp crds/*.yaml charts/tenant-operator/crds/";
+    assert_eq!(
+        generated.keys().collect::<Vec<_>>(),
+        chart.keys().collect::<Vec<_>>(),
+        "charts/tenant-operator/crds/ must hold exactly the files of crds/ (fix: rm charts/tenant-operator/crds/*.yaml; {fix})"
+    );
+    for (name, bytes) in &generated {
+        assert!(chart[name] == *bytes, "charts/tenant-operator/crds/{name} differs from crds/{name} (fix: {fix})");
+    }
+}
+
+fn find_helm() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("TESTBED_HELM") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    let p = repo_root().join(".testbed/bin/helm");
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var("TESTBED_REQUIRE_KUBECTL").as_deref() == Ok("1") {
+        panic!("TESTBED_REQUIRE_KUBECTL=1 but no helm at $TESTBED_HELM or .testbed/bin/helm (run scripts/helm)");
+    }
+    eprintln!("note: helm not found (.testbed/bin/helm; run scripts/helm); skipping the helm test");
+    None
+}
+
+fn helm(bin: &Path, home: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        // Offline and hermetic: no repositories, caches or plugins from the user's home.
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("helm runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "helm {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Every non-empty YAML document of a rendered stream, as JSON values.
+fn documents(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("rendered chart is not valid YAML: {e}\n{text}"));
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = docs.iter().map(|d| d["kind"].as_str().unwrap_or("?").to_string()).collect();
+    k.sort();
+    k
+}
+
+fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "expected one {kind}");
+    found[0]
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+}
+
+#[test]
+fn helm_lints_and_renders_the_chart() {
+    let Some(bin) = find_helm() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+
+    helm(&bin, home.path(), &["lint", "--strict", chart]);
+    helm(&bin, home.path(), &["lint", "--strict", chart, "--set", "serviceMonitor.enabled=true"]);
+
+    // Defaults: no ServiceMonitor, CRDs only with --include-crds.
+    let base = ["template", "fleet-ops", chart, "--namespace", "ops", "--kube-version", "1.29.0"];
+    let docs = documents(&helm(&bin, home.path(), &base));
+    assert_eq!(
+        kinds(&docs),
+        ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
+    );
+    let mut with_crds = base.to_vec();
+    with_crds.push("--include-crds");
+    let docs_crds = documents(&helm(&bin, home.path(), &with_crds));
+    let crd_names: Vec<&str> = docs_crds
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(crd_names.len(), 3, "{crd_names:?}");
+    for plural in ["tenants", "imagechannels", "rolloutpolicies"] {
+        assert!(crd_names.contains(&format!("{plural}.fleet.molecule.ai").as_str()), "{crd_names:?}");
+    }
+
+    // Deployment: `run` with the values' arguments, the HMAC key from a Secret, hardened.
+    let dep = one(&docs, "Deployment");
+    assert_eq!(dep["metadata"]["namespace"], "ops");
+    let pod = &dep["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args = strings(&c["args"]);
+    assert_eq!(args[0], "run", "{args:?}");
+    for want in
+        ["--region=us-east-1", "--hmac-key-file=/etc/tenant-operator/hmac/hmac.key", "--metrics-addr=0.0.0.0:9090"]
+    {
+        assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
+    }
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(strings(&c["securityContext"]["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    let secret_volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["secret"].is_object()).unwrap();
+    assert_eq!(secret_volume["secret"]["secretName"], "tenant-operator-hmac");
+    assert_eq!(pod["serviceAccountName"], one(&docs, "ServiceAccount")["metadata"]["name"]);
+    assert_eq!(c["ports"][0]["containerPort"], 9090);
+    assert_eq!(one(&docs, "Service")["spec"]["ports"][0]["targetPort"], "metrics");
+
+    // ClusterRole: least privilege.
+    let role = one(&docs, "ClusterRole");
+    let rules = role["rules"].as_array().unwrap();
+    let mut granted: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for rule in rules {
+        let verbs = strings(&rule["verbs"]);
+        for group in strings(&rule["apiGroups"]) {
+            for res in strings(&rule["resources"]) {
+                assert!(group != "*" && res != "*" && !verbs.iter().any(|v| v == "*"), "wildcard in {rule}");
+                granted.entry((group.clone(), res)).or_default().extend(verbs.iter().cloned());
+            }
+        }
+    }
+    let g = |group: &str, res: &str| granted.get(&(group.to_string(), res.to_string())).cloned().unwrap_or_default();
+    for kind in ["tenants", "imagechannels", "rolloutpolicies"] {
+        let verbs = g("fleet.molecule.ai", kind);
+        for v in ["get", "list", "watch", "patch"] {
+            assert!(verbs.iter().any(|x| x == v), "{kind}: {v} missing ({verbs:?})");
+        }
+        assert!(!verbs.iter().any(|x| x == "create" || x == "delete"), "{kind}: {verbs:?}");
+        assert!(g("fleet.molecule.ai", &format!("{kind}/status")).iter().any(|x| x == "patch"));
+        assert!(!g("fleet.molecule.ai", &format!("{kind}/finalizers")).is_empty());
+    }
+    let mut secret_verbs = g("", "secrets");
+    secret_verbs.sort();
+    assert_eq!(secret_verbs, ["get", "list", "watch"]);
+    assert!(g("", "events").iter().any(|v| v == "create"));
+    assert!(g("events.k8s.io", "events").iter().any(|v| v == "create"));
+    assert!(!granted.keys().any(|(grp, _)| grp == "coordination.k8s.io"), "leases belong in a namespaced Role");
+    let lease_role = one(&docs, "Role");
+    assert_eq!(lease_role["metadata"]["namespace"], "ops");
+    assert_eq!(strings(&lease_role["rules"][0]["resources"]), ["leases"]);
+
+    // IRSA annotation from values; registries from values.
+    let mut irsa = base.to_vec();
+    irsa.extend([
+        "--set",
+        "serviceAccount.roleArn=arn:aws:iam::111122223333:role/tenant-operator",
+        "--set",
+        "operator.allowedRegistries={ghcr.io,registry.example.com}",
+        "--set",
+        "operator.insecureRegistries={127.0.0.1:5000}",
+    ]);
+    let docs = documents(&helm(&bin, home.path(), &irsa));
+    assert_eq!(
+        one(&docs, "ServiceAccount")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::111122223333:role/tenant-operator"
+    );
+    let args = strings(&one(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]);
+    for want in
+        ["--allowed-registry=ghcr.io", "--allowed-registry=registry.example.com", "--insecure-registry=127.0.0.1:5000"]
+    {
+        assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
+    }
+
+    // ServiceMonitor: only when enabled and the API is served.
+    let mut enabled = base.to_vec();
+    enabled.extend(["--set", "serviceMonitor.enabled=true"]);
+    let docs = documents(&helm(&bin, home.path(), &enabled));
+    assert!(!kinds(&docs).contains(&"ServiceMonitor".to_string()), "ServiceMonitor without monitoring.coreos.com/v1");
+    enabled.extend(["-a", "monitoring.coreos.com/v1"]);
+    let docs = documents(&helm(&bin, home.path(), &enabled));
+    let sm = one(&docs, "ServiceMonitor");
+    assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    let mut available_only = base.to_vec();
+    available_only.extend(["-a", "monitoring.coreos.com/v1"]);
+    let docs = documents(&helm(&bin, home.path(), &available_only));
+    assert!(!kinds(&docs).contains(&"ServiceMonitor".to_string()), "ServiceMonitor though disabled in values");
+}
