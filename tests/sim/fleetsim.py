@@ -1154,6 +1154,9 @@ class Handler(BaseHTTPRequestHandler):
                     return self._reply(200, h.info(), "application/json")
             if path == "/_sim/timeline":
                 return self._reply(200, sim.timeline(), "application/json")
+            if path == "/_sim/faults":
+                with sim.cond:
+                    return self._reply(200, {"throttle_next": sim.throttle_next}, "application/json")
             return self._reply(404, {"error": "not found"}, "application/json")
         except ApiError as e:
             return self._reply(e.status, {"error": e.type, "message": e.message}, "application/json")

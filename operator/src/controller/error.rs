@@ -18,6 +18,9 @@ pub enum Error {
     /// The object lacks something the API server always sets.
     #[error("object is missing {0}")]
     MissingField(&'static str),
+    /// The observe batcher could not send.
+    #[error("observe batch: {0}")]
+    Batch(String),
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
@@ -34,6 +37,7 @@ impl Error {
             Error::Serialization(_) => "SerializationError",
             Error::MissingField(_) => "MissingField",
             Error::Finalizer(_) => "FinalizerError",
+            Error::Batch(_) => "ObserveBatchFailed",
         }
     }
 

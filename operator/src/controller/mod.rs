@@ -3,6 +3,7 @@
 pub mod channel;
 pub mod coordinator;
 pub mod error;
+pub mod observer;
 pub mod tenant;
 
 pub use error::Error;
@@ -40,6 +41,8 @@ pub struct Settings {
     pub env_hmac_key: Vec<u8>,
     /// Applies kept in status.
     pub history_limit: usize,
+    /// How long an observe waits for others to share its command.
+    pub observe_batch_window: Duration,
 }
 
 impl Default for Settings {
@@ -52,6 +55,7 @@ impl Default for Settings {
             document: DocumentConstants::default(),
             env_hmac_key: Vec::new(),
             history_limit: 10,
+            observe_batch_window: Duration::from_millis(250),
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Fault points for crash tests (never set in production).
     pub faults: FaultPoints,
+    /// Batches observe commands (set by [`Context::new`]).
+    pub observer: std::sync::OnceLock<observer::Observer>,
     /// Document version ensured per AWS scope (created/updated once per scope and process).
     documents: Mutex<HashMap<AwsScope, String>>,
 }
@@ -93,8 +99,16 @@ impl Context {
             reporter: Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
             metrics,
             faults: FaultPoints::default(),
+            observer: std::sync::OnceLock::new(),
             documents: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The observe batcher, started on first use.
+    pub fn observer(self: &Arc<Self>) -> observer::Observer {
+        self.observer
+            .get_or_init(|| observer::Observer::start(Arc::downgrade(self), self.settings.observe_batch_window))
+            .clone()
     }
 
     /// The document version to run in this scope, creating or updating the document first.

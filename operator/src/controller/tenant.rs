@@ -171,7 +171,7 @@ impl Tenant {
         Ok(None)
     }
 
-    async fn reconcile(&self, ctx: &Context) -> Result<Action, Error> {
+    async fn reconcile(&self, ctx: &Arc<Context>) -> Result<Action, Error> {
         let now = Timestamp::now();
         let mut status = self.status_or_default();
         let generation = self.metadata.generation;
@@ -186,47 +186,59 @@ impl Tenant {
             return Ok(Action::await_change());
         }
 
-        let instance = match self.find_instance(ctx).await? {
-            Found::Instance(id) => id,
-            Found::Problem(reason, message) => {
-                status.instance_id = None;
+        let scope = self.scope();
+        // A command in flight is followed without rediscovering the instance or asking SSM whether
+        // its agent is online: both were checked when it was sent, and polling is the hot path.
+        let following = status.in_flight.as_ref().and_then(|f| f.command_id.as_ref()).zip(status.instance_id.clone());
+        let (instance, reachable) = if let Some((_, instance)) = following {
+            (instance, None)
+        } else {
+            let instance = match self.find_instance(ctx).await? {
+                Found::Instance(id) => id,
+                Found::Problem(reason, message) => {
+                    status.instance_id = None;
+                    let conds = [
+                        Cond::no(ct::READY, reason, message.clone()),
+                        Cond::no(ct::RECONCILING, reason, "waiting for a change to the instance or the spec"),
+                        Cond::yes(ct::STALLED, reason, message),
+                        Cond::no(ct::INSTANCE_REACHABLE, reason, "no instance"),
+                    ];
+                    self.write_status(ctx, status, &conds, generation, &now).await?;
+                    return Ok(Action::requeue(Duration::from_secs(60)));
+                }
+            };
+            if let Some(rival) = self.rival_claim(ctx, &instance).await? {
+                let message = format!("instance {instance} is already claimed by Tenant {rival}");
                 let conds = [
-                    Cond::no(ct::READY, reason, message.clone()),
-                    Cond::no(ct::RECONCILING, reason, "waiting for a change to the instance or the spec"),
-                    Cond::yes(ct::STALLED, reason, message),
-                    Cond::no(ct::INSTANCE_REACHABLE, reason, "no instance"),
+                    Cond::no(ct::READY, "InstanceClaimed", message.clone()),
+                    Cond::no(ct::RECONCILING, "InstanceClaimed", "waiting for the other claim to go"),
+                    Cond::yes(ct::STALLED, "InstanceClaimed", message),
                 ];
                 self.write_status(ctx, status, &conds, generation, &now).await?;
                 return Ok(Action::requeue(Duration::from_secs(60)));
             }
-        };
-        if let Some(rival) = self.rival_claim(ctx, &instance).await? {
-            let message = format!("instance {instance} is already claimed by Tenant {rival}");
-            let conds = [
-                Cond::no(ct::READY, "InstanceClaimed", message.clone()),
-                Cond::no(ct::RECONCILING, "InstanceClaimed", "waiting for the other claim to go"),
-                Cond::yes(ct::STALLED, "InstanceClaimed", message),
-            ];
-            self.write_status(ctx, status, &conds, generation, &now).await?;
-            return Ok(Action::requeue(Duration::from_secs(60)));
-        }
-        status.instance_id = Some(instance.clone());
+            status.instance_id = Some(instance.clone());
 
-        let scope = self.scope();
-        let ping = ctx.aws.ping(&scope, std::slice::from_ref(&instance)).await?;
-        if ping.get(&instance) != Some(&Ping::Online) {
-            // Unreachable is not failed: nothing is sent, no budget is spent, we look again soon.
-            let conds = [
-                Cond::no(ct::INSTANCE_REACHABLE, "AgentOffline", format!("the SSM agent of {instance} is not online")),
-                Cond::no(ct::READY, "InstanceUnreachable", "the host cannot be reached through SSM"),
-                Cond::yes(ct::RECONCILING, "WaitingForAgent", "waiting for the SSM agent to come back"),
-                Cond::no(ct::STALLED, "WaitingForAgent", "not stalled: the agent may come back"),
-            ];
-            self.write_status(ctx, status, &conds, generation, &now).await?;
-            return Ok(Action::requeue(Duration::from_secs(15)));
-        }
-        let reachable =
-            Cond::yes(ct::INSTANCE_REACHABLE, "AgentOnline", format!("the SSM agent of {instance} is online"));
+            let ping = ctx.aws.ping(&scope, std::slice::from_ref(&instance)).await?;
+            if ping.get(&instance) != Some(&Ping::Online) {
+                // Unreachable is not failed: nothing is sent, no budget is spent, we look again soon.
+                let conds = [
+                    Cond::no(
+                        ct::INSTANCE_REACHABLE,
+                        "AgentOffline",
+                        format!("the SSM agent of {instance} is not online"),
+                    ),
+                    Cond::no(ct::READY, "InstanceUnreachable", "the host cannot be reached through SSM"),
+                    Cond::yes(ct::RECONCILING, "WaitingForAgent", "waiting for the SSM agent to come back"),
+                    Cond::no(ct::STALLED, "WaitingForAgent", "not stalled: the agent may come back"),
+                ];
+                self.write_status(ctx, status, &conds, generation, &now).await?;
+                return Ok(Action::requeue(Duration::from_secs(15)));
+            }
+            let reachable =
+                Cond::yes(ct::INSTANCE_REACHABLE, "AgentOnline", format!("the SSM agent of {instance} is online"));
+            (instance, Some(reachable))
+        };
 
         let (desired, secrets) = match &status.target {
             Some(target) => match self.desired_revision(ctx, &ns_of(self)?, target).await? {
@@ -260,7 +272,15 @@ impl Tenant {
         let requeue = match next {
             Next::Poll => self.poll(ctx, &scope, &instance, &mut status, &now).await?,
             Next::Observe => {
-                self.send(ctx, &scope, &instance, &mut status, "observe", None, &now, generation).await?;
+                // Observes are batched with other tenants' (one SendCommand for up to 50 hosts).
+                let sent = ctx.observer().observe(&scope, &instance).await?;
+                status.in_flight = Some(InFlightCommand {
+                    intent_token: sent.token,
+                    command_id: Some(sent.command_id),
+                    action: "observe".into(),
+                    revision: None,
+                    started_at: now.to_string(),
+                });
                 ctx.settings.poll_interval
             }
             Next::Apply => {
@@ -514,14 +534,15 @@ impl Tenant {
     fn conditions(
         &self,
         status: &TenantStatus,
-        reachable: Cond,
+        reachable: Option<Cond>,
         secrets: Cond,
         desired: Option<&DesiredRevision>,
     ) -> Vec<Cond> {
         let secrets_ok = secrets.status;
         let secrets_msg = secrets.message.clone();
         let secrets_reason = secrets.reason;
-        let mut out = vec![reachable, secrets];
+        let mut out: Vec<Cond> = reachable.into_iter().collect();
+        out.push(secrets);
         let obs = status.observed.as_ref();
         let serving = obs.and_then(plan::serving);
         let failed = status.history.first().filter(|h| h.result != "Succeeded" && h.action == "apply");
