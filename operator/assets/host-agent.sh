@@ -155,32 +155,59 @@ load_revision() {
 slot_port() { if [ "$1" = green ]; then printf '%s' "$R_PORT_GREEN"; else printf '%s' "$R_PORT_BLUE"; fi; }
 slot_container() { docker ps -a -q --filter "label=fleet.molecule.ai/slot=$1" 2>/dev/null | head -n 1; }
 
-# start_slot REV FILE SLOT: runs the loaded revision in SLOT. The env reaches docker as `-e KEY`
-# (value from docker's own environment), so values with newlines, quotes or `$()` arrive byte for
-# byte and are never parsed by a shell. The env lives only in this subshell.
+# multiline_unsafe NAME: names under which a multi-line value cannot be passed. Such a value reaches
+# docker through the CLI's own environment (`-e KEY`), so the name must mean nothing to this shell
+# (readonly, dynamic or behaviour-changing variables) nor to the docker CLI and what it loads.
+multiline_unsafe() {
+  case "$1" in
+    _|PATH|HOME|IFS|ENV|CDPATH|GLOBIGNORE|SHELLOPTS|BASHOPTS|POSIXLY_CORRECT|PS4|TMPDIR|TZ|SHELL|SHLVL|PWD|OLDPWD) return 0 ;;
+    UID|EUID|PPID|GROUPS|RANDOM|SRANDOM|SECONDS|LINENO|HISTCMD|OPTIND|OPTARG|OPTERR|FUNCNAME|DIRSTACK) return 0 ;;
+    EPOCHSECONDS|EPOCHREALTIME|COLUMNS|LINES|HOSTNAME|HOSTTYPE|MACHTYPE|OSTYPE|TERM|LANG|LANGUAGE) return 0 ;;
+    LC_*|BASH*|LD_*|DOCKER_*|BUILDKIT_*|OTEL_*|GO*|SSL_CERT_*|TENANT_HOST_*|AWS_*|PYTHON*) return 0 ;;
+    [Hh][Tt][Tt][Pp]_[Pp][Rr][Oo][Xx][Yy]|[Hh][Tt][Tt][Pp][Ss]_[Pp][Rr][Oo][Xx][Yy]) return 0 ;;
+    [Nn][Oo]_[Pp][Rr][Oo][Xx][Yy]|[Aa][Ll][Ll]_[Pp][Rr][Oo][Xx][Yy]) return 0 ;;
+  esac
+  return 1
+}
+
+# start_slot REV FILE SLOT: runs the loaded revision in SLOT. Values are never parsed by a shell:
+# a one-line value goes to docker in a mode-0600 `--env-file` (read verbatim to the end of its line,
+# removed after `docker run`), so its name cannot change this shell or the docker CLI (PATH,
+# DOCKER_HOST, LD_PRELOAD, `_`, readonly UID ...); a value with a line break, which an env file
+# cannot hold, reaches docker as `-e KEY` from the CLI's environment, refused under a name that
+# would change the CLI. Both arrive byte for byte. The env lives only in this subshell.
 start_slot() {
-  local rev="$1" file="$2" slot="$3" port name old
+  local rev="$1" file="$2" slot="$3" port name old envfile rc
   port="$(slot_port "$slot")"; name="$R_NAME-$slot"
   old="$(slot_container "$slot")"
   [ -n "$old" ] && docker rm -f "$old" >/dev/null 2>&1
   docker rm -f "$name" >/dev/null 2>&1
+  envfile="$(mktemp "$WORK/env.XXXXXX")" || return 1
   (
     set +u
     args=(run -d --name "$name" -p "$port:$R_CPORT" --restart "$R_RESTART"
       --label "fleet.molecule.ai/slot=$slot" --label "fleet.molecule.ai/digest=$R_DIGEST"
       --label "fleet.molecule.ai/env-revision=$R_ENVREV" --label "fleet.molecule.ai/revision=$rev"
       --label "fleet.molecule.ai/port=$port" --label "fleet.molecule.ai/health-path=$R_HEALTH"
-      "${RUN_ARGS[@]}")
+      "${RUN_ARGS[@]}" --env-file "$envfile")
     while IFS=' ' read -r kind key value; do
       [ "$kind" = env ] || continue
       key="$(b64d "$key")"
       [[ "$key" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
       value="$(b64d "$value"; printf x)"; value="${value%x}"
-      export "$key=$value"
-      args+=(-e "$key")
+      if [[ "$value" == *[$'\n\r']* ]]; then
+        if multiline_unsafe "$key"; then log "env $key: a value with a line break cannot be passed under this name"; exit 3; fi
+        export "$key=$value" || exit 3
+        args+=(-e "$key")
+      else
+        printf '%s=%s\n' "$key" "$value" >> "$envfile" || exit 3
+      fi
     done < "$file"
     docker "${args[@]}" "$R_IMAGE@$R_DIGEST" >/dev/null
   )
+  rc=$?
+  rm -f "$envfile"
+  return "$rc"
 }
 
 # wait_healthy SLOT: polls the slot's health path until 200 or the revision's timeout.
@@ -293,21 +320,23 @@ fi
 # In place: pull by digest, stop, run in the active slot, health; on failure run the previous again.
 SLOT="${ACTIVE:-blue}"
 if ! docker pull "$R_IMAGE@$R_DIGEST" >/dev/null; then report error pull-failed; fi
-start_slot "$AGENT_REVISION" "$REVFILE" "$SLOT"
+STARTED=true
+start_slot "$AGENT_REVISION" "$REVFILE" "$SLOT" || STARTED=false
 rm -f "$REVFILE"
-if wait_healthy "$SLOT"; then
+if [ "$STARTED" = true ] && wait_healthy "$SLOT"; then
   printf '%s' "$SLOT" > "$STATE/active-slot"
   printf '%s' "$AGENT_REVISION" > "$STATE/applied-revision"
   log "applied $AGENT_REVISION in place in the $SLOT slot"
   prune_images
   report ok applied
 fi
-log "revision $AGENT_REVISION failed its health check"
+FAILURE=health-failed; [ "$STARTED" = true ] || FAILURE=start-failed
+log "revision $AGENT_REVISION: $FAILURE"
 if [ -n "$APPLIED" ] && fetch_revision "$APPLIED" "$WORK/previous" && load_revision "$WORK/previous"; then
   start_slot "$APPLIED" "$WORK/previous" "$SLOT"
   rm -f "$WORK/previous"
   wait_healthy "$SLOT" && log "rolled back to $APPLIED"
-  report error health-failed-rolled-back
+  report error "$FAILURE-rolled-back"
 fi
 id="$(slot_container "$SLOT")"; [ -n "$id" ] && docker rm -f "$id" >/dev/null 2>&1
-report error health-failed
+report error "$FAILURE"

@@ -72,13 +72,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         vec![],
     ))?);
     let controllers = tokio::spawn(controller::run_all(ctx, resolver, rx));
-    let deadline = (args.seconds > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.seconds));
+    let started = tokio::time::Instant::now();
+    let deadline = (args.seconds > 0).then(|| started + Duration::from_secs(args.seconds));
     let mut last = String::new();
+    let mut step = 0;
+    let mut rotated_from = None;
     loop {
         let table = progress(&client).await.unwrap_or_else(|e| format!("(cannot list tenants: {e})\n"));
         if table != last {
-            eprintln!("{table}");
-            last = table;
+            eprintln!("[{:>4}s]\n{table}", started.elapsed().as_secs());
+            last.clone_from(&table);
+        }
+        // The story: everyone converges, one tenant's secret rotates, then a new image is pushed.
+        let all_ready = table.lines().count() > 1 && table.lines().skip(1).all(|l| l.contains(" True "));
+        let org00_env = env_revision(&client, "org-00").await;
+        if all_ready && step == 0 {
+            step = 1;
+            rotated_from = org00_env.clone();
+            eprintln!("== every tenant runs the channel's digest. Rotating org-00's MOLECULE_CP_SHARED_SECRET ...");
+            let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "fleet");
+            let patch = serde_json::json!({"stringData": {"MOLECULE_CP_SHARED_SECRET": "demo-secret-0-v2"}});
+            secrets.patch("org-00-env", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+        } else if all_ready && step == 1 && org00_env != rotated_from {
+            step = 2;
+            let digest = stack
+                .push_image("platform-tenant", "staging", &[("sim.health", "healthy"), ("sim.version", "1.1.0")], false)
+                .await?;
+            eprintln!(
+                "== org-00 runs its new env revision. Pushed platform-tenant:staging = {digest} (the channel resolves every 30s)"
+            );
         }
         let tick = tokio::time::sleep(Duration::from_secs(2));
         tokio::select! {
@@ -151,15 +173,33 @@ async fn seed_objects(client: &kube::Client, stack: &Stack, canaries: usize, pro
         let tier = if i < canaries { "canary" } else { "production" };
         let slug = format!("org-{i:02}");
         let id = launch_managed(stack, &slug, &[], HostState::Fresh).await?;
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{slug}-env")},
+            "stringData": {"MOLECULE_CP_SHARED_SECRET": format!("demo-secret-{i}-v1")}
+        }))?;
+        secrets.create(&PostParams::default(), &secret).await?;
         let tenant: Tenant = serde_json::from_value(serde_json::json!({
             "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant",
             "metadata": {"name": slug},
             "spec": {"slug": slug, "instance": {"id": id}, "channel": "staging", "tier": tier,
-                     "rolloutPolicy": "default"}
+                     "rolloutPolicy": "default",
+                     "container": {"envFrom": [{"secretRef": {"name": format!("{slug}-env")}}]}}
         }))?;
         tenants.create(&PostParams::default(), &tenant).await?;
     }
     Ok(())
+}
+
+async fn env_revision(client: &kube::Client, name: &str) -> Option<String> {
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), "fleet");
+    let t = tenants.get_opt(name).await.ok()??;
+    let obs = t.status?.observed?;
+    let slot = match obs.active_slot? {
+        crate::crd::Slot::Blue => obs.blue?,
+        crate::crd::Slot::Green => obs.green?,
+    };
+    slot.env_revision
 }
 
 async fn progress(client: &kube::Client) -> anyhow::Result<String> {

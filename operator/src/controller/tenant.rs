@@ -186,12 +186,48 @@ impl Tenant {
             return Ok(Action::await_change());
         }
 
+        let (desired, secrets) = match &status.target {
+            Some(target) => match self.desired_revision(ctx, &ns_of(self)?, target).await? {
+                Ok(rev) => (
+                    Some(rev),
+                    Cond::yes(
+                        ct::SECRETS_SYNCED,
+                        "SecretsSynced",
+                        "every referenced Secret and key is in the target revision",
+                    ),
+                ),
+                Err(cond) => (None, cond),
+            },
+            None => (None, Cond::yes(ct::SECRETS_SYNCED, "NoTarget", "no target admitted yet")),
+        };
+        let failed = failed_revision(&status).map(str::to_string);
+        let interval = jittered(ctx.settings.observe_interval, &self.uid().unwrap_or_default());
+        let next = plan::next(&PlanInput {
+            now,
+            in_flight: status.in_flight.as_ref(),
+            observation: status.observed.as_ref(),
+            observe_interval: interval,
+            target: status.target.as_ref(),
+            desired: desired.as_ref().zip(status.target.as_ref()).map(|(d, t)| Desired {
+                id: &d.id,
+                digest: &t.digest,
+                env_revision: &d.env_revision,
+            }),
+            failed_revision: failed.as_deref(),
+        });
         let scope = self.scope();
-        // A command in flight is followed without rediscovering the instance or asking SSM whether
-        // its agent is online: both were checked when it was sent, and polling is the hot path.
-        let following = status.in_flight.as_ref().and_then(|f| f.command_id.as_ref()).zip(status.instance_id.clone());
-        let (instance, reachable) = if let Some((_, instance)) = following {
-            (instance, None)
+        // The instance is looked up and its agent pinged only before something is sent (or when the
+        // spec changed): a command in flight is followed without either, and an idle reconcile
+        // (our own status write wakes one) costs no AWS call.
+        let following = status.in_flight.as_ref().is_some_and(|f| f.command_id.is_some());
+        let spec_changed = status.observed_generation != generation;
+        let needs_aws = spec_changed
+            || status.instance_id.is_none()
+            || !matches!(next, Next::Wait(_) | Next::Poll)
+            || (matches!(next, Next::Poll) && !following);
+        let (instance, reachable) = if !needs_aws {
+            // Nothing to send: no AWS call at all.
+            (status.instance_id.clone().unwrap_or_default(), None)
         } else {
             let instance = match self.find_instance(ctx).await? {
                 Found::Instance(id) => id,
@@ -240,35 +276,6 @@ impl Tenant {
             (instance, Some(reachable))
         };
 
-        let (desired, secrets) = match &status.target {
-            Some(target) => match self.desired_revision(ctx, &ns_of(self)?, target).await? {
-                Ok(rev) => (
-                    Some(rev),
-                    Cond::yes(
-                        ct::SECRETS_SYNCED,
-                        "SecretsSynced",
-                        "every referenced Secret and key is in the target revision",
-                    ),
-                ),
-                Err(cond) => (None, cond),
-            },
-            None => (None, Cond::yes(ct::SECRETS_SYNCED, "NoTarget", "no target admitted yet")),
-        };
-        let failed = failed_revision(&status).map(str::to_string);
-        let interval = jittered(ctx.settings.observe_interval, &self.uid().unwrap_or_default());
-        let next = plan::next(&PlanInput {
-            now,
-            in_flight: status.in_flight.as_ref(),
-            observation: status.observed.as_ref(),
-            observe_interval: interval,
-            target: status.target.as_ref(),
-            desired: desired.as_ref().zip(status.target.as_ref()).map(|(d, t)| Desired {
-                id: &d.id,
-                digest: &t.digest,
-                env_revision: &d.env_revision,
-            }),
-            failed_revision: failed.as_deref(),
-        });
         let requeue = match next {
             Next::Poll => self.poll(ctx, &scope, &instance, &mut status, &now).await?,
             Next::Observe => {
