@@ -5,18 +5,19 @@ use crate::apply::{channel_at, tenant_json};
 use crate::harness::{Bed, NS, cond};
 use kube::api::{Api, PostParams};
 use serde_json::json;
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tenant_operator::crd::{RolloutPolicy, Slot, Tenant};
 use tenant_operator::demo::launch_managed;
 use testbed::stack::HostState;
 
-/// Requests through the routing port until stopped: (ok, failed, first failure).
+/// Requests through the routing port until stopped: how many each digest answered, and the failures.
 struct Load {
     stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
+    served: Arc<Mutex<HashMap<String, usize>>>,
     failed: Arc<AtomicUsize>,
     handle: Option<std::thread::JoinHandle<Vec<String>>>,
 }
@@ -24,9 +25,9 @@ struct Load {
 impl Load {
     fn start(addr: String, port: u16) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(Mutex::new(HashMap::new()));
         let failed = Arc::new(AtomicUsize::new(0));
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let (s, o, f) = (stop.clone(), served.clone(), failed.clone());
         let handle = std::thread::spawn(move || {
             let mut errors = Vec::new();
             // Bounded: at most 20,000 requests or until stopped.
@@ -35,36 +36,54 @@ impl Load {
                     break;
                 }
                 match get(&addr, port) {
-                    Ok(200) => {
-                        o.fetch_add(1, Ordering::SeqCst);
-                    }
-                    other => {
+                    Ok(digest) => *o.lock().unwrap().entry(digest).or_insert(0) += 1,
+                    Err(e) => {
                         f.fetch_add(1, Ordering::SeqCst);
-                        errors.push(format!("{other:?}"));
+                        errors.push(e);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             errors
         });
-        Load { stop, ok, failed, handle: Some(handle) }
+        Load { stop, served, failed, handle: Some(handle) }
     }
 
-    fn finish(mut self) -> (usize, usize, Vec<String>) {
+    fn served_by(&self, digest: &str) -> usize {
+        self.served.lock().unwrap().get(digest).copied().unwrap_or(0)
+    }
+
+    /// Waits (bounded) until `digest` answered `n` requests, so the traffic spans the switch however
+    /// slow the machine is.
+    async fn until_served(&self, digest: &str, n: usize) {
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.served_by(digest) < n && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn finish(mut self) -> (HashMap<String, usize>, usize, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
         let errors = self.handle.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
-        (self.ok.load(Ordering::SeqCst), self.failed.load(Ordering::SeqCst), errors)
+        let served = self.served.lock().unwrap().clone();
+        (served, self.failed.load(Ordering::SeqCst), errors)
     }
 }
 
-fn get(addr: &str, port: u16) -> Result<u16, String> {
+/// One request through the router: the digest of the slot that answered it (from its /health body).
+fn get(addr: &str, port: u16) -> Result<String, String> {
     let mut s = std::net::TcpStream::connect((addr, port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     s.write_all(b"GET /health HTTP/1.0\r\nHost: tenant\r\n\r\n").map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad reply: {text:?}"))
+    let code: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    match (code, serde_json::from_str::<serde_json::Value>(body)) {
+        (200, Ok(v)) => v["digest"].as_str().map(str::to_string).ok_or_else(|| format!("no digest: {body}")),
+        _ => Err(format!("{code}: {text:?}")),
+    }
 }
 
 fn serving(t: &Tenant) -> Option<(Slot, String)> {
@@ -109,13 +128,14 @@ async fn blue_green_switches_with_zero_failed_requests_and_switches_back_warm() 
 
     // Traffic through the router during the switch.
     let load = Load::start(addr.clone(), 8000);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.until_served(&v1, 5).await;
     channel_at(&bed, "staging", &v2).await;
     let t = bed.wait_tenant("echo", Duration::from_secs(90), "v2 serving", on(v2.clone())).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, failed, errors) = load.finish();
+    load.until_served(&v2, 5).await;
+    let (served, failed, errors) = load.finish();
     assert_eq!(failed, 0, "failed requests through the routing port: {errors:?}");
-    assert!(ok > 10, "too little traffic to prove anything: {ok}");
+    // The traffic spans the switch: both revisions answered through the same port.
+    assert!(served.get(&v1).copied().unwrap_or(0) >= 5 && served.get(&v2).copied().unwrap_or(0) >= 5, "{served:?}");
     let (second, _) = serving(&t).unwrap();
     assert_eq!(second, first.other(), "the new revision runs in the other slot");
     // The old slot stays warm with the old digest.
@@ -129,11 +149,13 @@ async fn blue_green_switches_with_zero_failed_requests_and_switches_back_warm() 
     let before = std::fs::read_to_string(bed.stack.host_dir(&id).join("var/log/tenant-operator/agent.log")).unwrap();
     let docker_before = std::fs::read_to_string(&docker_log).unwrap();
     let load = Load::start(addr.clone(), 8000);
+    load.until_served(&v2, 3).await;
     channel_at(&bed, "staging", &v1).await;
     let t = bed.wait_tenant("echo", Duration::from_secs(60), "v1 serving again", on(v1.clone())).await.unwrap();
-    let (ok, failed, errors) = load.finish();
+    load.until_served(&v1, 3).await;
+    let (served, failed, errors) = load.finish();
     assert_eq!(failed, 0, "failed requests during the switch-back: {errors:?}");
-    assert!(ok > 0);
+    assert!(served.get(&v1).copied().unwrap_or(0) >= 3 && served.get(&v2).copied().unwrap_or(0) >= 3, "{served:?}");
     assert_eq!(serving(&t).unwrap().0, first);
     let after = std::fs::read_to_string(bed.stack.host_dir(&id).join("var/log/tenant-operator/agent.log")).unwrap();
     let new_lines = &after[before.len()..];

@@ -62,16 +62,16 @@ async fn a_multi_arch_index_converges_once_and_stays_converged() {
     assert_ne!(image_id, index, "the simulator should run the platform image, not the index");
     assert_eq!(health_digest(&bed, &id).as_deref(), Some(index.as_str()));
 
-    // About ten observe cycles (3 s each in tests): still converged, never a second apply.
+    // Eight more observe cycles (3 s apart in tests, slower on a loaded machine): still converged,
+    // never a second apply.
     let observes_before = count(&bed, "observe").await;
-    let until = tokio::time::Instant::now() + Duration::from_secs(36);
-    while tokio::time::Instant::now() < until {
+    let until = tokio::time::Instant::now() + Duration::from_secs(150);
+    while count(&bed, "observe").await < observes_before + 8 {
+        assert!(tokio::time::Instant::now() < until, "fewer than 8 observes in 150 s");
         let t = bed.tenants().get("multi").await.unwrap();
         assert!(converged(&t), "left Converged: {:?}", t.status.map(|s| s.conditions));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let observes = count(&bed, "observe").await - observes_before;
-    assert!(observes >= 8, "only {observes} observes in 36 s");
     assert_eq!(applies(&bed).await.len(), 1, "{}", bed.stack.timeline().await.unwrap());
     // Ready never went back to False after the first convergence.
     let seen = log.of("multi");
@@ -253,10 +253,10 @@ async fn throttling_is_backed_off_and_never_a_failure() {
         .unwrap();
     channel_at(&bed, "staging", &d1).await;
     let id = launch_managed(&bed.stack, "tango", &[], HostState::Fresh).await.unwrap();
-    bed.stack.sim_post("/_sim/faults", json!({"throttle_next": 5})).await.unwrap();
-    bed.stack.set_fault(&id, json!({"throttle_next": 4})).await.unwrap();
+    bed.stack.sim_post("/_sim/faults", json!({"throttle_next": 3})).await.unwrap();
+    bed.stack.set_fault(&id, json!({"throttle_next": 2})).await.unwrap();
     bed.create::<Tenant>(tenant_json("tango", &id, json!({}))).await.unwrap();
-    bed.wait_tenant("tango", Duration::from_secs(120), "Ready=True Converged", converged).await.unwrap();
+    bed.wait_tenant("tango", Duration::from_secs(240), "Ready=True Converged", converged).await.unwrap();
 
     // Throttled again in the middle of the next apply: as soon as the intent is written.
     channel_at(&bed, "staging", &d2).await;
@@ -265,10 +265,10 @@ async fn throttling_is_backed_off_and_never_a_failure() {
     })
     .await
     .unwrap();
-    bed.stack.sim_post("/_sim/faults", json!({"throttle_next": 6})).await.unwrap();
-    bed.stack.set_fault(&id, json!({"throttle_next": 6})).await.unwrap();
+    bed.stack.sim_post("/_sim/faults", json!({"throttle_next": 3})).await.unwrap();
+    bed.stack.set_fault(&id, json!({"throttle_next": 3})).await.unwrap();
     let t = bed
-        .wait_tenant("tango", Duration::from_secs(120), "convergence on v2", |t| {
+        .wait_tenant("tango", Duration::from_secs(240), "convergence on v2", |t| {
             converged(t) && t.status.as_ref().and_then(|s| s.target.as_ref()).is_some_and(|x| x.digest == d2)
         })
         .await

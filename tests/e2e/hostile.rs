@@ -73,23 +73,31 @@ pub fn host_docker(bed: &Bed, instance: &str, args: &[&str]) -> std::process::Ou
 
 /// Every state of every Tenant in the namespace, as a watch delivers them (each write is seen,
 /// unlike polling, which can miss a short-lived `inFlight`).
-#[derive(Clone, Default)]
-pub struct TenantLog(Arc<Mutex<Vec<Tenant>>>);
+/// The watch stops with the log (not only with the runtime: a failed test's bed goes first).
+pub struct TenantLog(Arc<Mutex<Vec<Tenant>>>, tokio::task::AbortHandle);
+
+impl Drop for TenantLog {
+    fn drop(&mut self) {
+        self.1.abort();
+    }
+}
 
 impl TenantLog {
     pub fn start(bed: &Bed) -> TenantLog {
-        let log = TenantLog::default();
+        let seen_all = Arc::new(Mutex::new(Vec::new()));
         let api: Api<Tenant> = Api::namespaced(bed.client.clone(), NS);
-        let seen = log.0.clone();
-        tokio::spawn(async move {
-            let mut stream = kube::runtime::watcher(api, kube::runtime::watcher::Config::default()).boxed();
+        let seen = seen_all.clone();
+        let task = tokio::spawn(async move {
+            use kube::runtime::WatchStreamExt;
+            let mut stream =
+                kube::runtime::watcher(api, kube::runtime::watcher::Config::default()).default_backoff().boxed();
             while let Some(ev) = stream.next().await {
                 if let Ok(kube::runtime::watcher::Event::Apply(t) | kube::runtime::watcher::Event::InitApply(t)) = ev {
                     seen.lock().unwrap().push(t);
                 }
             }
         });
-        log
+        TenantLog(seen_all, task.abort_handle())
     }
 
     pub fn of(&self, name: &str) -> Vec<Tenant> {
@@ -193,13 +201,42 @@ async fn hostile_env_values_arrive_byte_for_byte_and_nothing_executes_or_resolve
         ("_9".into(), "underscore digit".into()),
         ("lower_Mixed9".into(), "mixed case".into()),
         (long_key.clone(), "the longest key".into()),
+        // Names that mean something to the host's shell or to the docker CLI: they must reach the
+        // container and change nothing on the host.
+        ("PATH".into(), "/nonexistent".into()),
+        ("HOME".into(), "/nowhere".into()),
+        ("DOCKER_HOST".into(), "tcp://203.0.113.1:2375".into()),
+        ("TENANT_HOST_ROOT".into(), "/elsewhere".into()),
+        ("LD_LIBRARY_PATH".into(), "/nonexistent/lib".into()),
+        ("UID".into(), "0".into()),
+        ("IFS".into(), "x".into()),
+        ("SHELLOPTS".into(), "xtrace".into()),
+        ("BASH_ENV".into(), format!("/tmp/{mark}-bash-env")),
+        ("RANDOM".into(), "4".into()),
+        ("MULTI_DOLLAR".into(), format!("a\n$(touch {})\n`touch {}`", m("ml1"), m("ml2"))),
     ];
-    let secret_values: Vec<(String, String)> =
-        hostile.iter().map(|(k, v)| (format!("S_{}", k.trim_start_matches('_')), v.clone())).collect();
+    let secret_values: Vec<(String, String)> = hostile
+        .iter()
+        .map(|(k, v)| {
+            // Keys keep their edge: the 128-character one stays 128 characters.
+            let key = if k.len() == 128 { format!("S{}", &k[1..]) } else { format!("S_{}", k.trim_start_matches('_')) };
+            (key, v.clone())
+        })
+        .collect();
     let secret_refs: Vec<(&str, &str)> = secret_values.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     secret(&bed, "hostile-env", &secret_refs).await;
 
     let id = launch_managed(&bed.stack, "hostile", &[], HostState::Fresh).await.unwrap();
+    // A value with a line break can only reach docker through the CLI's own environment: under a
+    // name that would change the CLI it is refused on the host, and nothing starts.
+    let id2 = launch_managed(&bed.stack, "hostile-two", &[], HostState::Fresh).await.unwrap();
+    bed.create::<Tenant>(tenant_json(
+        "hostile-two",
+        &id2,
+        json!({"container": {"env": [{"name": "TENANT_HOST_ROOT", "value": format!("/tmp/{mark}-root\n")}]}}),
+    ))
+    .await
+    .unwrap();
     let env: Vec<Value> = hostile.iter().map(|(k, v)| json!({"name": k, "value": v})).collect();
     bed.create::<Tenant>(tenant_json(
         "hostile",
@@ -209,6 +246,16 @@ async fn hostile_env_values_arrive_byte_for_byte_and_nothing_executes_or_resolve
     .await
     .unwrap();
     bed.wait_tenant("hostile", Duration::from_secs(90), "Ready=True Converged", converged).await.unwrap();
+
+    let t2 = bed
+        .wait_tenant("hostile-two", Duration::from_secs(60), "the refused apply", |t| {
+            cond(t, "Ready").is_some_and(|c| c.1 == "ApplyFailed")
+        })
+        .await
+        .unwrap();
+    let h = &t2.status.as_ref().unwrap().history[0];
+    assert_eq!(h.message.as_deref(), Some("start-failed"), "{h:?}");
+    assert!(container_env(&bed, &id2, "blue").is_none(), "a container started on hostile-two");
 
     // Byte for byte in the running process.
     let got = container_env(&bed, &id, "blue").expect("container env");
@@ -413,7 +460,7 @@ async fn no_secret_value_in_commands_events_or_host_logs() {
     }
     // Status and command text.
     let t = bed.tenants().get("lima").await.unwrap();
-    find("tenant status", serde_json::to_string(&t).unwrap().as_bytes());
+    find("tenant status", serde_json::to_string(&t.status).unwrap().as_bytes());
     find("the command timeline", bed.stack.timeline().await.unwrap().to_string().as_bytes());
     // Command output as SSM keeps it.
     let inv = aws_cli(&bed, &["ssm", "list-command-invocations", "--details", "--instance-id", &id]);
