@@ -24,6 +24,9 @@ pub enum Error {
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// A request (annotation, subcommand) that cannot be carried out.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
 }
 
 impl Error {
@@ -38,6 +41,7 @@ impl Error {
             Error::MissingField(_) => "MissingField",
             Error::Finalizer(_) => "FinalizerError",
             Error::Batch(_) => "ObserveBatchFailed",
+            Error::InvalidRequest(_) => "InvalidRequest",
         }
     }
 

@@ -201,7 +201,11 @@ impl Tenant {
             None => (None, Cond::yes(ct::SECRETS_SYNCED, "NoTarget", "no target admitted yet")),
         };
         let failed = failed_revision(&status).map(str::to_string);
-        let interval = jittered(ctx.settings.observe_interval, &self.uid().unwrap_or_default());
+        let base = match self.soak_sample_interval(ctx).await? {
+            Some(sample) => ctx.settings.observe_interval.min(sample),
+            None => ctx.settings.observe_interval,
+        };
+        let interval = jittered(base, &self.uid().unwrap_or_default());
         let next = plan::next(&PlanInput {
             now,
             in_flight: status.in_flight.as_ref(),
@@ -286,6 +290,7 @@ impl Tenant {
                     command_id: Some(sent.command_id),
                     action: "observe".into(),
                     revision: None,
+                    digest: None,
                     started_at: now.to_string(),
                 });
                 ctx.settings.poll_interval
@@ -324,6 +329,7 @@ impl Tenant {
             command_id: None,
             action: action.to_string(),
             revision: revision.clone(),
+            digest: status.target.as_ref().map(|t| t.digest.clone()),
             started_at: now.to_string(),
         };
         status.in_flight = Some(intent.clone());
@@ -455,6 +461,7 @@ impl Tenant {
                 0,
                 ApplyRecord {
                     revision: f.revision.clone().unwrap_or_default(),
+                    digest: f.digest.clone(),
                     action: f.action.clone(),
                     result: result.into(),
                     message: Some(message),
@@ -465,6 +472,22 @@ impl Tenant {
             );
             status.history.truncate(ctx.settings.history_limit);
         }
+    }
+
+    /// A canary whose policy is soaking a rollout of its channel is observed at the gate's sample
+    /// interval, so its health is re-sampled through the soak.
+    async fn soak_sample_interval(&self, ctx: &Context) -> Result<Option<Duration>, Error> {
+        let (Some(name), crate::crd::Tier::Canary) = (&self.spec.rollout_policy, self.spec.tier) else {
+            return Ok(None);
+        };
+        let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns_of(self)?);
+        let Some(policy) = api.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let soaking = policy.status.as_ref().is_some_and(|s| {
+            s.rollouts.iter().any(|r| r.channel == self.spec.channel && r.phase == crate::core::rollout::phase::SOAKING)
+        });
+        Ok(soaking.then(|| policy.spec.canary.sample_interval.as_std().max(Duration::from_secs(1))))
     }
 
     /// The policy that governs this tenant (the built-in default when none is named).
@@ -679,9 +702,20 @@ fn ns_of(t: &Tenant) -> Result<String, Error> {
     t.namespace().ok_or(Error::MissingField("metadata.namespace"))
 }
 
-/// The revision whose last apply failed, if the newest apply failed.
-fn failed_revision(status: &TenantStatus) -> Option<&str> {
-    status.history.first().filter(|h| h.action == "apply" && h.result != "Succeeded").map(|h| h.revision.as_str())
+/// The revision whose last apply failed, if the newest apply failed after the target was admitted
+/// (the coordinator admitting the same revision again, a retry, asks for one more attempt).
+pub fn failed_revision(status: &TenantStatus) -> Option<&str> {
+    let admitted =
+        status.target.as_ref().and_then(|t| t.admitted_at.as_deref()).and_then(|a| a.parse::<Timestamp>().ok());
+    status
+        .history
+        .first()
+        .filter(|h| h.action == "apply" && h.result != "Succeeded")
+        .filter(|h| match (admitted, h.started_at.parse::<Timestamp>()) {
+            (Some(a), Ok(started)) => started >= a,
+            _ => true,
+        })
+        .map(|h| h.revision.as_str())
 }
 
 /// The policy used when a tenant names none: in place, one at a time, default health check.
