@@ -13,4 +13,5 @@ mod hostile;
 mod iam;
 mod kubectl;
 mod manifests;
+mod rollout;
 mod slice;

@@ -237,7 +237,7 @@ pub async fn request(
     if !VERBS.contains(&verb) {
         return Err(Error::InvalidRequest(format!("unknown request {verb:?}; one of {}", VERBS.join(", "))));
     }
-    let token = Timestamp::now().strftime("%Y%m%dT%H%M%S%.fZ").to_string();
+    let token = uuid::Uuid::new_v4().simple().to_string();
     let mut annotations = serde_json::Map::new();
     for (k, v) in request_annotations(verb, &token, emergency) {
         annotations.insert(k, v.into());
@@ -263,10 +263,12 @@ pub fn view(t: &Tenant) -> TenantView {
         && st.history.first().and_then(|h| h.digest.as_deref()) == target.as_deref();
     let ready =
         conditions::find(&st.conditions, ct::READY).is_some_and(|c| c.status == "True" && c.reason == "Converged");
+    // An observe in flight changes nothing; an apply does.
+    let applying = st.in_flight.as_ref().is_some_and(|f| f.action != "observe");
     let state = if failed {
         let why = st.history.first().and_then(|h| h.message.clone()).unwrap_or_else(|| "apply failed".into());
         State::Failed(why)
-    } else if ready && healthy && st.in_flight.is_none() {
+    } else if ready && healthy && !applying {
         State::Verified
     } else {
         State::Moving

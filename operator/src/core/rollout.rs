@@ -421,6 +421,10 @@ pub fn step(input: &Input<'_>) -> Output {
                         ),
                     );
                 }
+            } else if input.tenants.iter().all(|t| on_d(t) || failed(t)) && all_done {
+                // Nobody is left to hold back (a new fleet admitted at once): nothing to gate.
+                r.phase = phase::COMPLETE.into();
+                r.stable_digest = Some(d.clone());
             } else {
                 r.phase = phase::WAITING_FOR_CANARIES.into();
                 r.message = Some(format!(
@@ -442,7 +446,9 @@ pub fn step(input: &Input<'_>) -> Output {
     if r.phase == phase::SOAKING {
         // Health is re-sampled: a canary that turns unhealthy fails the gate.
         for t in canaries.iter().filter(|t| on_d(t)) {
-            if !t.healthy || t.state != State::Verified {
+            // Unhealthy in the latest report; a tenant still moving (re-applied after drift) is
+            // judged when its apply finishes.
+            if !t.healthy && t.state != State::Moving {
                 fail(&mut r, &mut out, t, "unhealthy during the soak", &d);
             }
         }
