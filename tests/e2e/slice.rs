@@ -39,6 +39,13 @@ async fn tenant_is_observed_and_gets_kstatus_conditions() {
     let obs = st.observed.unwrap();
     assert!(!obs.managed);
     assert!(obs.blue.is_none() && obs.green.is_none());
+    // Tenants by condition, as Prometheus scrapes them (refreshed every 5 s from the cache).
+    let want = "tenant_operator_tenants{condition=\"Ready\",status=\"False\"} 1";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !bed.metrics.encode().contains(want) {
+        assert!(tokio::time::Instant::now() < deadline, "no {want} in {}", bed.metrics.encode());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The simulator really ran the operator's document on that host.
     let timeline = bed.stack.timeline().await.unwrap();

@@ -34,6 +34,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let secrets = Api::<Secret>::all(ctx.client.clone());
     let controller = Controller::new(tenants, watcher::Config::default().any_semantic());
     let store = controller.store();
+    // Tenants by condition, from the controller's own cache (no extra API calls).
+    let gauge_store = store.clone();
+    let metrics = ctx.metrics.clone();
+    let gauge = tokio::spawn(async move {
+        loop {
+            let tenants: Vec<Tenant> = gauge_store.state().iter().map(|t| (**t).clone()).collect();
+            metrics.set_tenants(&crate::metrics::tenants_by_condition(&tenants));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let _stop_gauge = AbortOnDrop(gauge);
     controller
         .watches(secrets, watcher::Config::default().any_semantic(), move |secret: Secret| {
             let ns = secret.namespace();
@@ -53,6 +64,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         })
         .await;
+}
+
+/// Aborts a background task when dropped (the gauge stops with the controller).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -423,6 +443,12 @@ impl Tenant {
             return Ok(ctx.settings.poll_interval);
         }
         self.finish(ctx, status, &f, &inv, now);
+        if f.action == "apply" && status.history.first().is_some_and(|h| h.result == "Succeeded") {
+            // Old revisions go; the newest few stay for rollback. A failure here is not the apply's.
+            if let Err(e) = self.prune_revisions(ctx, scope, status).await {
+                warn!(tenant = %self.name_any(), error = %e, "could not prune old revision parameters");
+            }
+        }
         Ok(Duration::from_millis(100))
     }
 
@@ -686,6 +712,20 @@ impl Tenant {
     }
 
     /// Deletion: remove the tenant's parameters; the host keeps running.
+    /// Deletes the revision parameters that are neither among the newest applied ones nor the one
+    /// the host reports.
+    async fn prune_revisions(&self, ctx: &Context, scope: &AwsScope, status: &TenantStatus) -> Result<(), Error> {
+        let dir = format!("{}/revisions", parameter_prefix(&ctx.settings.document.param_root, &self.spec.slug));
+        let names = ctx.aws.list_parameters(scope, &dir).await?;
+        let applied = status.observed.as_ref().and_then(|o| o.applied_revision.as_deref());
+        let doomed = revisions_to_prune(&names, &status.history, applied, REVISIONS_KEPT);
+        if !doomed.is_empty() {
+            ctx.aws.delete_parameters(scope, &doomed).await?;
+            info!(tenant = %self.name_any(), removed = doomed.len(), "old revision parameters pruned");
+        }
+        Ok(())
+    }
+
     async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
         let prefix = parameter_prefix(&ctx.settings.document.param_root, &self.spec.slug);
         let scope = self.scope();
@@ -700,6 +740,41 @@ impl Tenant {
 
 fn ns_of(t: &Tenant) -> Result<String, Error> {
     t.namespace().ok_or(Error::MissingField("metadata.namespace"))
+}
+
+/// Revision parameters kept per tenant (the newest applied ones), so a rollback has what it needs.
+pub const REVISIONS_KEPT: usize = 5;
+
+/// The revision parameters to delete: all but those of the `keep` newest distinct revisions in the
+/// apply history and the one the host reports it applied. Pure.
+pub fn revisions_to_prune(
+    names: &[String],
+    history: &[crate::crd::ApplyRecord],
+    applied: Option<&str>,
+    keep: usize,
+) -> Vec<String> {
+    let mut kept: Vec<&str> = Vec::new();
+    for h in history.iter().filter(|h| h.action == "apply" && !h.revision.is_empty()) {
+        if kept.len() >= keep {
+            break;
+        }
+        if !kept.contains(&h.revision.as_str()) {
+            kept.push(&h.revision);
+        }
+    }
+    kept.extend(applied);
+    // With no history at all nothing is known to be old: keep everything.
+    if history.is_empty() {
+        return Vec::new();
+    }
+    names
+        .iter()
+        .filter(|n| {
+            let id = n.rsplit('/').next().unwrap_or_default();
+            !kept.contains(&id)
+        })
+        .cloned()
+        .collect()
 }
 
 /// The revision whose last apply failed, if the newest apply failed after the target was admitted
@@ -737,4 +812,38 @@ fn jittered(interval: Duration, key: &str) -> Duration {
     let h = key.bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b)));
     let fifth = interval.as_millis() as u64 / 5;
     if fifth == 0 { interval } else { interval + Duration::from_millis(h % fifth) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ApplyRecord;
+
+    fn rec(rev: &str, result: &str) -> ApplyRecord {
+        ApplyRecord {
+            revision: rev.into(),
+            digest: None,
+            action: "apply".into(),
+            result: result.into(),
+            message: None,
+            command_id: None,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn the_newest_revisions_and_the_applied_one_are_kept() {
+        let names: Vec<String> =
+            ["r1", "r2", "r3", "r4", "r5", "r6", "r7"].iter().map(|r| format!("/t/acme/revisions/{r}")).collect();
+        // Newest first; r6 failed once and succeeded later (one entry each).
+        let history =
+            vec![rec("r7", "Succeeded"), rec("r6", "RolledBack"), rec("r6", "Succeeded"), rec("r5", "Succeeded")];
+        let doomed = revisions_to_prune(&names, &history, Some("r2"), 2);
+        assert_eq!(
+            doomed,
+            vec!["/t/acme/revisions/r1", "/t/acme/revisions/r3", "/t/acme/revisions/r4", "/t/acme/revisions/r5"]
+        );
+        assert!(revisions_to_prune(&names, &[], None, 2).is_empty(), "no history: nothing is known to be old");
+    }
 }
