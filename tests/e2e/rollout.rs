@@ -567,3 +567,39 @@ async fn an_emergency_moves_every_tier_at_once_only_with_force() {
     assert_eq!(applies_of(&bed, &fix).await.len(), 3);
     all_on(&bed, &all, &fix, Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_down_keeps_the_last_good_digest_and_nothing_moves() {
+    let mut bed = Bed::start().await.unwrap();
+    let v1 = bed.stack.push_image(REPO, "staging", &[("sim.version", "1")], false).await.unwrap();
+    follow_tag(&bed, "staging", "staging").await;
+    policy(&bed, "steady", json!({"stagger": "0s", "canary": {"minCanaries": 0, "soak": "0s"}})).await;
+    fleet(&bed, "steady", &[("prod-r", "production", "staging")]).await;
+    all_on(&bed, &["prod-r"], &v1, Duration::from_secs(90)).await;
+    let applies_before = applies_of(&bed, &v1).await.len();
+
+    bed.stack.stop_registry().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ch = loop {
+        let c = Api::<ImageChannel>::namespaced(bed.client.clone(), NS).get("staging").await.unwrap();
+        let st = c.status.clone().unwrap();
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").cloned().unwrap();
+        if ready.status == "False" {
+            break (st, ready);
+        }
+        assert!(Instant::now() < deadline, "the channel never noticed the registry is down");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (st, ready) = ch;
+    assert_eq!(ready.reason, "RegistryUnreachable", "{ready:?}");
+    assert!(ready.message.contains(&v1), "the message says what stays in force: {}", ready.message);
+    assert_eq!(st.digest.as_deref(), Some(v1.as_str()), "the last good digest stays");
+    // Nothing moves: the tenant keeps its target and serves on; no apply is sent.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let t = bed.tenants().get("prod-r").await.unwrap();
+    assert_eq!(target(&t).as_deref(), Some(v1.as_str()));
+    all_on(&bed, &["prod-r"], &v1, Duration::from_secs(15)).await;
+    assert_eq!(applies_of(&bed, &v1).await.len(), applies_before);
+    let p = get_policy(&bed, "steady").await;
+    assert_eq!(record(&p, "staging").unwrap().phase, phase::COMPLETE);
+}

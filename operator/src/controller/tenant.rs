@@ -299,9 +299,16 @@ impl Tenant {
                 Cond::yes(ct::INSTANCE_REACHABLE, "AgentOnline", format!("the SSM agent of {instance} is online"));
             (instance, Some(reachable))
         };
+        let mut reachable = reachable;
 
         let requeue = match next {
-            Next::Poll => self.poll(ctx, &scope, &instance, &mut status, &now).await?,
+            Next::Poll => {
+                let (requeue, waiting) = self.poll(ctx, &scope, &instance, &mut status, &now).await?;
+                if waiting.is_some() {
+                    reachable = waiting;
+                }
+                requeue
+            }
             Next::Observe => {
                 // Observes are batched with other tenants' (one SendCommand for up to 50 hosts).
                 let sent = ctx.observer().observe(&scope, &instance).await?;
@@ -414,8 +421,8 @@ impl Tenant {
         instance: &str,
         status: &mut TenantStatus,
         now: &Timestamp,
-    ) -> Result<Duration, Error> {
-        let Some(mut f) = status.in_flight.clone() else { return Ok(Duration::ZERO) };
+    ) -> Result<(Duration, Option<Cond>), Error> {
+        let Some(mut f) = status.in_flight.clone() else { return Ok((Duration::ZERO, None)) };
         if f.command_id.is_none() {
             match ctx.aws.find_command(scope, instance, &f.intent_token).await? {
                 Some(id) => {
@@ -432,15 +439,28 @@ impl Tenant {
                 }
             }
             status.in_flight = Some(f);
-            return Ok(ctx.settings.poll_interval);
+            return Ok((ctx.settings.poll_interval, None));
         }
         let id = f.command_id.clone().unwrap_or_default();
         let Some(inv) = ctx.aws.invocation(scope, &id, instance).await? else {
-            return Ok(ctx.settings.poll_interval);
+            return Ok((ctx.settings.poll_interval, None));
         };
         if !inv.status.is_final() {
+            // Not delivered for a while: is the agent still there? Offline is "unreachable", not
+            // failed; the command stays in flight (SSM delivers it when the agent returns, or times
+            // it out) and is polled less often meanwhile.
+            let started = f.started_at.parse::<Timestamp>().ok();
+            let waited = started.map(|s| now.duration_since(s).as_secs()).unwrap_or(0);
+            if inv.status == InvocationStatus::Pending && waited >= UNDELIVERED_PING_AFTER_SECS {
+                let ping = ctx.aws.ping(scope, &[instance.to_string()]).await?;
+                if ping.get(instance) != Some(&Ping::Online) {
+                    status.in_flight = Some(f);
+                    let msg = format!("the SSM agent of {instance} went offline; command {id} waits for it");
+                    return Ok((Duration::from_secs(15), Some(Cond::no(ct::INSTANCE_REACHABLE, "AgentOffline", msg))));
+                }
+            }
             status.in_flight = Some(f);
-            return Ok(ctx.settings.poll_interval);
+            return Ok((ctx.settings.poll_interval, None));
         }
         self.finish(ctx, status, &f, &inv, now);
         if f.action == "apply" && status.history.first().is_some_and(|h| h.result == "Succeeded") {
@@ -449,7 +469,7 @@ impl Tenant {
                 warn!(tenant = %self.name_any(), error = %e, "could not prune old revision parameters");
             }
         }
-        Ok(Duration::from_millis(100))
+        Ok((Duration::from_millis(100), None))
     }
 
     /// Takes a finished command's report into status.
@@ -741,6 +761,9 @@ impl Tenant {
 fn ns_of(t: &Tenant) -> Result<String, Error> {
     t.namespace().ok_or(Error::MissingField("metadata.namespace"))
 }
+
+/// A command not delivered after this long makes the operator ask whether the agent is online.
+const UNDELIVERED_PING_AFTER_SECS: i64 = 20;
 
 /// Revision parameters kept per tenant (the newest applied ones), so a rollback has what it needs.
 pub const REVISIONS_KEPT: usize = 5;
