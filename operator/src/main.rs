@@ -24,7 +24,7 @@ enum Command {
         out_dir: Option<PathBuf>,
     },
     /// Run the controllers against the cluster of the current kubeconfig / service account.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// A local demo: fake API server, simulated fleet, real controllers. No cluster, no AWS.
     #[cfg(feature = "demo")]
     Demo(tenant_operator::demo::DemoArgs),
@@ -59,6 +59,9 @@ struct RunArgs {
     /// Address of the metrics endpoint.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_addr: std::net::SocketAddr,
+    /// Address of the registry webhook listener (plain HTTP; terminate TLS in front of it).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_addr: std::net::SocketAddr,
 }
 
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
@@ -79,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::write(dir.join(file), tenant_operator::crd::crd_yaml(&crd)?)?;
             }
         }
-        Command::Run(args) => run(args).await?,
+        Command::Run(args) => run(*args).await?,
         #[cfg(feature = "demo")]
         Command::Demo(args) => tenant_operator::demo::run(args).await?,
     }
@@ -103,6 +106,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Settings { observe_interval: parse_duration(&args.observe_interval)?, env_hmac_key, ..Default::default() };
     let metrics = Arc::new(Metrics::default());
     tenant_operator::telemetry::serve_metrics(args.metrics_addr, metrics.clone()).await?;
+    tenant_operator::webhook::serve(args.webhook_addr, client.clone(), std::future::pending()).await?;
     let resolver: Arc<dyn tenant_operator::registry::Resolve> =
         Arc::new(tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(
             args.allowed_registry,

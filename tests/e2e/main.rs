@@ -14,3 +14,4 @@ mod iam;
 mod kubectl;
 mod manifests;
 mod slice;
+mod webhook;
