@@ -14,4 +14,5 @@ mod iam;
 mod kubectl;
 mod manifests;
 mod slice;
+mod smoke;
 mod webhook;
