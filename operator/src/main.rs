@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tenant_operator::aws::sdk::{AwsSettings, SdkAws};
+use tenant_operator::controller::leader::{self, LeaseSettings};
 use tenant_operator::controller::{self, Context, Settings};
 use tenant_operator::metrics::Metrics;
 
@@ -62,6 +63,19 @@ struct RunArgs {
     /// Address of the registry webhook listener (plain HTTP; terminate TLS in front of it).
     #[arg(long, default_value = "0.0.0.0:9443")]
     webhook_addr: std::net::SocketAddr,
+    /// Run the controllers only while holding the leader Lease (`--leader-elect=false` for a single
+    /// local process).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "tenant-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (default: the pod's namespace, else the client's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Lease validity after the last renewal, in seconds (the longest a crashed leader blocks others).
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
 }
 
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
@@ -113,12 +127,44 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.insecure_registry,
             args.registry_token_realm,
         ))?);
-    let ctx = Arc::new(Context::new(client, Arc::new(aws), settings, metrics));
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(aws), settings, metrics));
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        shutdown_signal().await;
         let _ = tx.send(true);
     });
-    controller::run_all(ctx, resolver, rx).await;
+    if !args.leader_elect {
+        controller::run_all(ctx, resolver, rx).await;
+        return Ok(());
+    }
+    let namespace = args.lease_namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let base = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
+    let mut lease = LeaseSettings::new(args.lease_name, namespace, leader::identity(base.as_deref()));
+    lease.duration_secs = args.lease_duration_seconds.max(3);
+    lease.grace_secs = (lease.duration_secs / 3).max(1);
+    // Losing the Lease is an error exit: the pod restarts as a candidate.
+    leader::run_while_leader(client, lease, rx, move |stop| controller::run_all(ctx, resolver, stop)).await?;
     Ok(())
+}
+
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -12,6 +12,7 @@ mod harness;
 mod hostile;
 mod iam;
 mod kubectl;
+mod leader;
 mod manifests;
 mod slice;
 mod smoke;

@@ -24,6 +24,18 @@ pub enum Error {
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// Keeping the leader Lease failed.
+    #[error("leader lease: {0}")]
+    Lease(String),
+    /// Another replica took the leader Lease: this one stopped its controllers.
+    #[error("the leader lease went to another replica")]
+    LeadershipLost,
+}
+
+impl From<kube_lease_manager::LeaseManagerError> for Error {
+    fn from(e: kube_lease_manager::LeaseManagerError) -> Self {
+        Error::Lease(e.to_string())
+    }
 }
 
 impl Error {
@@ -38,6 +50,8 @@ impl Error {
             Error::MissingField(_) => "MissingField",
             Error::Finalizer(_) => "FinalizerError",
             Error::Batch(_) => "ObserveBatchFailed",
+            Error::Lease(_) => "LeaseError",
+            Error::LeadershipLost => "LeadershipLost",
         }
     }
 
