@@ -57,6 +57,8 @@ ENVREV_RE='^[a-f0-9]{16,64}$'
 NAME_RE='^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$'
 PORT_RE='^[0-9]{1,5}$'
 REV_RE='^[a-z0-9]{1,64}$'
+SMOKE_NAME_RE='^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'
+SMOKE_PATH_RE='^/[A-Za-z0-9._~!$&()*+,;=:@%/?'"'"'-]{0,1023}$'
 
 # slot_json SLOT: what docker says runs in that slot (found by label, not by name).
 slot_json() {
@@ -221,6 +223,53 @@ wait_healthy() {
   return 1
 }
 
+# env_value FILE KEY: the value of one env key of the revision (printed to stdout, for a pipe only).
+env_value() {
+  local kind key value
+  while IFS=' ' read -r kind key value; do
+    [ "$kind" = env ] || continue
+    [ "$(b64d "$key")" = "$2" ] || continue
+    b64d "$value"; return 0
+  done < "$1"
+  return 1
+}
+
+# smoke_checks SLOT FILE: the revision's smoke checks, each one GET/HEAD of a path on the slot's own
+# local port only (the URL is built here; the path is checked again), no redirects, no proxy, short
+# timeouts, compared with the expected status. A bearer is read from the revision's env into a
+# mode-0600 header file that curl reads (`-H @file`), never in argv nor in the log, removed at once.
+# On failure SMOKE_FAILED names the check.
+smoke_checks() {
+  local slot="$1" file="$2" port kind name method status path bearer code hfile value
+  local -a how
+  port="$(slot_port "$slot")"; SMOKE_FAILED=""
+  while IFS=' ' read -r kind name method status path bearer; do
+    [ "$kind" = smoke ] || continue
+    name="$(b64d "$name")"; path="$(b64d "$path")"
+    [[ "$name" =~ $SMOKE_NAME_RE ]] || name=invalid
+    SMOKE_FAILED="$name"
+    [[ "$path" =~ $SMOKE_PATH_RE ]] && [[ "$path" != //* ]] && [[ "$status" =~ ^[1-5][0-9][0-9]$ ]] || return 1
+    case "$method" in GET) how=() ;; HEAD) how=(--head) ;; *) return 1 ;; esac
+    hfile=""
+    if [ "$bearer" != "-" ]; then
+      hfile="$(mktemp "$WORK/hdr.XXXXXX")" || return 1
+      value="$(env_value "$file" "$(b64d "$bearer")"; printf x)"; value="${value%x}"
+      if [ -z "$value" ] || [[ "$value" == *[$'\n\r']* ]]; then
+        rm -f "$hfile"; log "smoke check $name: its bearer is empty or not one line"; return 1
+      fi
+      printf 'Authorization: Bearer %s\n' "$value" > "$hfile"; value=""
+      how+=(-H "@$hfile")
+    fi
+    code="$(curl -sS -g -o /dev/null -w '%{http_code}' --max-time 5 --connect-timeout 2 --max-redirs 0 \
+      --proto '=http' --noproxy '*' "${how[@]}" "http://$ADDR:$port$path" </dev/null)"
+    [ -n "$hfile" ] && rm -f "$hfile"
+    log "smoke check $name: expected $status, got $code"
+    [ "$code" = "$status" ] || return 1
+  done < "$file"
+  SMOKE_FAILED=""
+  return 0
+}
+
 # The router: a proxy on the routing port (it must not inherit the report pipe or the host lock); each new connection reads the upstream port file, so a
 # switch is one atomic rename. Connections in flight finish on the old slot, which stays warm.
 # An external router (the seed's Worker KV) would replace set_upstream with a call of its own.
@@ -302,11 +351,15 @@ if [ "$R_STRATEGY" = bluegreen ]; then
     if ! docker pull "$R_IMAGE@$R_DIGEST" >/dev/null; then report error pull-failed; fi
     start_slot "$AGENT_REVISION" "$REVFILE" "$TARGET_SLOT" || { docker rm -f "$R_NAME-$TARGET_SLOT" >/dev/null 2>&1; report error start-failed; }
   fi
+  FAILURE=""
+  if ! wait_healthy "$TARGET_SLOT"; then FAILURE=health-failed
+  elif ! smoke_checks "$TARGET_SLOT" "$REVFILE"; then FAILURE="smoke-failed:$SMOKE_FAILED"; fi
   rm -f "$REVFILE"
-  if ! wait_healthy "$TARGET_SLOT"; then
+  if [ -n "$FAILURE" ]; then
     # The active slot never stopped serving: nothing to roll back but the idle slot.
+    log "revision $AGENT_REVISION: $FAILURE"
     id="$(slot_container "$TARGET_SLOT")"; [ -n "$id" ] && docker rm -f "$id" >/dev/null 2>&1
-    report error health-failed
+    report error "$FAILURE"
   fi
   ensure_router
   set_upstream "$TARGET_SLOT" "$(slot_port "$TARGET_SLOT")"
@@ -322,21 +375,25 @@ SLOT="${ACTIVE:-blue}"
 if ! docker pull "$R_IMAGE@$R_DIGEST" >/dev/null; then report error pull-failed; fi
 STARTED=true
 start_slot "$AGENT_REVISION" "$REVFILE" "$SLOT" || STARTED=false
+FAILURE=""
+if [ "$STARTED" != true ]; then FAILURE=start-failed
+elif ! wait_healthy "$SLOT"; then FAILURE=health-failed
+elif ! smoke_checks "$SLOT" "$REVFILE"; then FAILURE="smoke-failed:$SMOKE_FAILED"; fi
 rm -f "$REVFILE"
-if [ "$STARTED" = true ] && wait_healthy "$SLOT"; then
+if [ -z "$FAILURE" ]; then
   printf '%s' "$SLOT" > "$STATE/active-slot"
   printf '%s' "$AGENT_REVISION" > "$STATE/applied-revision"
   log "applied $AGENT_REVISION in place in the $SLOT slot"
   prune_images
   report ok applied
 fi
-FAILURE=health-failed; [ "$STARTED" = true ] || FAILURE=start-failed
 log "revision $AGENT_REVISION: $FAILURE"
 if [ -n "$APPLIED" ] && fetch_revision "$APPLIED" "$WORK/previous" && load_revision "$WORK/previous"; then
   start_slot "$APPLIED" "$WORK/previous" "$SLOT"
   rm -f "$WORK/previous"
   wait_healthy "$SLOT" && log "rolled back to $APPLIED"
-  report error "$FAILURE-rolled-back"
+  # A check's name may end in `-rolled-back`, never hold `:`: smoke failures say `:rolled-back`.
+  case "$FAILURE" in smoke-failed:*) report error "$FAILURE:rolled-back" ;; *) report error "$FAILURE-rolled-back" ;; esac
 fi
 id="$(slot_container "$SLOT")"; [ -n "$id" ] && docker rm -f "$id" >/dev/null 2>&1
 report error "$FAILURE"

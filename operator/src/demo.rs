@@ -71,6 +71,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         vec![stack.registry.clone()],
         vec![],
     ))?);
+    let webhook = crate::webhook::serve(([127, 0, 0, 1], 0).into(), client.clone(), std::future::pending()).await?;
+    eprintln!("registry webhook: http://{webhook}/webhook/<namespace>/<channel>");
     let controllers = tokio::spawn(controller::run_all(ctx, resolver, rx));
     let started = tokio::time::Instant::now();
     let deadline = (args.seconds > 0).then(|| started + Duration::from_secs(args.seconds));

@@ -13,3 +13,4 @@ pub mod host;
 pub mod metrics;
 pub mod registry;
 pub mod telemetry;
+pub mod webhook;

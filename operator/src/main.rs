@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tenant_operator::aws::sdk::{AwsSettings, SdkAws};
+use tenant_operator::controller::leader::{self, LeaseSettings};
 use tenant_operator::controller::{self, Context, Settings};
 use tenant_operator::metrics::Metrics;
 
@@ -24,7 +25,7 @@ enum Command {
         out_dir: Option<PathBuf>,
     },
     /// Run the controllers against the cluster of the current kubeconfig / service account.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Ask a RolloutPolicy for something without editing its spec (a one-shot annotation that the
     /// coordinator acknowledges in status, so it acts once): promote (end the soak now), pause,
     /// resume, abort (moved tenants go back; the digest is rejected), retry, emergency.
@@ -63,6 +64,22 @@ struct RunArgs {
     /// Address of the metrics endpoint.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_addr: std::net::SocketAddr,
+    /// Address of the registry webhook listener (plain HTTP; terminate TLS in front of it).
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_addr: std::net::SocketAddr,
+    /// Run the controllers only while holding the leader Lease (`--leader-elect=false` for a single
+    /// local process).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "tenant-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease (default: the pod's namespace, else the client's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Lease validity after the last renewal, in seconds (the longest a crashed leader blocks others).
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
 }
 
 #[derive(clap::Args)]
@@ -121,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::write(dir.join(file), tenant_operator::crd::crd_yaml(&crd)?)?;
             }
         }
-        Command::Run(args) => run(args).await?,
+        Command::Run(args) => run(*args).await?,
         Command::Rollout(args) => rollout_request(args).await?,
         #[cfg(feature = "demo")]
         Command::Demo(args) => tenant_operator::demo::run(args).await?,
@@ -146,18 +163,51 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Settings { observe_interval: parse_duration(&args.observe_interval)?, env_hmac_key, ..Default::default() };
     let metrics = Arc::new(Metrics::default());
     tenant_operator::telemetry::serve_metrics(args.metrics_addr, metrics.clone()).await?;
+    tenant_operator::webhook::serve(args.webhook_addr, client.clone(), std::future::pending()).await?;
     let resolver: Arc<dyn tenant_operator::registry::Resolve> =
         Arc::new(tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(
             args.allowed_registry,
             args.insecure_registry,
             args.registry_token_realm,
         ))?);
-    let ctx = Arc::new(Context::new(client, Arc::new(aws), settings, metrics));
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(aws), settings, metrics));
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        shutdown_signal().await;
         let _ = tx.send(true);
     });
-    controller::run_all(ctx, resolver, rx).await;
+    if !args.leader_elect {
+        controller::run_all(ctx, resolver, rx).await;
+        return Ok(());
+    }
+    let namespace = args.lease_namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let base = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
+    let mut lease = LeaseSettings::new(args.lease_name, namespace, leader::identity(base.as_deref()));
+    lease.duration_secs = args.lease_duration_seconds.max(3);
+    lease.grace_secs = (lease.duration_secs / 3).max(1);
+    // Losing the Lease is an error exit: the pod restarts as a candidate.
+    leader::run_while_leader(client, lease, rx, move |stop| controller::run_all(ctx, resolver, stop)).await?;
     Ok(())
+}
+
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

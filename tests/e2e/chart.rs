@@ -159,6 +159,19 @@ fn helm_lints_and_renders_the_chart() {
     assert_eq!(pod["serviceAccountName"], one(&docs, "ServiceAccount")["metadata"]["name"]);
     assert_eq!(c["ports"][0]["containerPort"], 9090);
     assert_eq!(one(&docs, "Service")["spec"]["ports"][0]["targetPort"], "metrics");
+    // Webhook listener and leader election (POD_NAME / POD_NAMESPACE from the downward API).
+    for want in ["--webhook-addr=0.0.0.0:9443", "--leader-elect=true", "--lease-name=fleet-ops-tenant-operator"] {
+        assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
+    }
+    assert_eq!(c["ports"][1]["name"], "webhook");
+    let env: Vec<&str> = c["env"].as_array().unwrap().iter().filter_map(|e| e["name"].as_str()).collect();
+    assert!(env.contains(&"POD_NAME") && env.contains(&"POD_NAMESPACE"), "{env:?}");
+    let mut hook = base.to_vec();
+    hook.extend(["--set", "webhook.service.enabled=true"]);
+    let hook_docs = documents(&helm(&bin, home.path(), &hook));
+    let services: Vec<&Value> = hook_docs.iter().filter(|d| d["kind"] == "Service").collect();
+    assert_eq!(services.len(), 2);
+    assert!(services.iter().any(|s| s["spec"]["ports"][0]["targetPort"] == "webhook"));
 
     // ClusterRole: least privilege.
     let role = one(&docs, "ClusterRole");

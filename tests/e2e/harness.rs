@@ -19,6 +19,9 @@ pub struct Bed {
     pub stack: Stack,
     pub client: kube::Client,
     pub metrics: Arc<Metrics>,
+    /// The registry webhook listener (serves for the bed's lifetime, with or without controllers).
+    #[allow(dead_code)]
+    pub webhook: std::net::SocketAddr,
     /// The running controllers' context (fault points live there).
     pub ctx: Option<Arc<Context>>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
@@ -59,6 +62,8 @@ impl Bed {
             server.install_crd(&crd)?;
         }
         let client = server.client()?;
+        let webhook =
+            tenant_operator::webhook::serve(([127, 0, 0, 1], 0).into(), client.clone(), std::future::pending()).await?;
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
         namespaces
             .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?)
@@ -68,6 +73,7 @@ impl Bed {
             stack,
             client,
             metrics: Arc::new(Metrics::default()),
+            webhook,
             ctx: None,
             stop: None,
             controllers: None,

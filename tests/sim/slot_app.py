@@ -6,6 +6,7 @@ Behaviour comes from the image's config labels (passed by the shim as a JSON fil
   sim.requires-env=K1,K2         exits 1 at start, naming the missing key, when one is absent
   sim.bearer-env=KEY             every path but /health needs `Authorization: Bearer $KEY` (else 401)
   sim.start-delay-seconds=N      listens only after N seconds
+  sim.fail-paths=/p1,/p2         those paths answer 500 (after the bearer check): a broken build
   sim.version=...                reported by /health and /
 Endpoints: /health (JSON), /api/orgs (JSON list), / (text), /redirect (302 to an external URL).
 The container's environment is exactly what `docker run` was given; everything else comes in argv.
@@ -76,7 +77,9 @@ class Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             self._json(401, {"error": "unauthorized"}, headers={"WWW-Authenticate": "Bearer"})
             return
-        if path == "/api/orgs":
+        if path in [p.strip() for p in (app.labels.get("sim.fail-paths") or "").split(",") if p.strip()]:
+            self._json(500, {"error": "broken", "path": path})
+        elif path == "/api/orgs":
             slug = os.environ.get("ORG_SLUG") or os.environ.get("MOLECULE_ORG_SLUG") or "example-org"
             self._json(200, [{"slug": slug, "version": app.labels.get("sim.version", "")}])
         elif path == "/redirect":

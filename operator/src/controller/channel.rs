@@ -5,14 +5,17 @@
 //! A channel is resolved when its generation is new to this process or its interval has passed
 //! since the last resolve; any other wake-up (its own status write, the coordinator's) only
 //! recomputes the status, and a status that did not change is not written. An immediate resolve
-//! (the registry webhook, later) is a call to [`ChannelContext::resolve_now`] followed by a wake-up
-//! of the channel: a request annotation written to it, or a trigger stream added in [`controller`].
+//! is asked for by the registry webhook ([`crate::webhook`]) through the annotation
+//! [`RESOLVE_REQUEST_ANNOTATION`]: its change wakes the channel (the watch), and a value this
+//! process has not resolved for makes the channel due at once (any replica can serve the webhook;
+//! the leader's controller acts). [`ChannelContext::resolve_now`] does the same in-process.
 
 use super::{Context, Error, MANAGER};
 use crate::core::channel::{self as decide, Resolution};
 use crate::core::conditions;
 use crate::crd::{ImageChannel, ImageChannelStatus, condition as ct};
 use crate::registry::{self, RegistryCredentials, Resolve};
+pub use crate::webhook::RESOLVE_REQUEST_ANNOTATION;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
@@ -40,8 +43,35 @@ pub struct ChannelContext {
     pub ctx: Arc<Context>,
     /// Tag → digest.
     pub resolver: Arc<dyn Resolve>,
-    /// Last resolve per channel uid: the generation it was for, and when.
-    attempts: Mutex<HashMap<String, (Option<i64>, Instant)>>,
+    /// Last resolve per channel uid.
+    attempts: Mutex<HashMap<String, Attempt>>,
+}
+
+/// The last resolve of a channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Attempt {
+    /// The generation it was for.
+    generation: Option<i64>,
+    /// The webhook's request annotation it saw.
+    requested: Option<String>,
+    /// When.
+    at: Instant,
+}
+
+/// How long until a channel is due, or `None` when it is due now: never resolved by this process, a
+/// new generation, a new webhook request, or its interval passed since `last`.
+fn not_due(
+    last: Option<&Attempt>,
+    generation: Option<i64>,
+    requested: Option<&str>,
+    interval: Duration,
+    now: Instant,
+) -> Option<Duration> {
+    let last = last?;
+    if last.generation != generation || last.requested.as_deref() != requested {
+        return None;
+    }
+    interval.checked_sub(now.saturating_duration_since(last.at)).filter(|d| !d.is_zero())
 }
 
 impl ChannelContext {
@@ -56,17 +86,18 @@ impl ChannelContext {
     }
 
     /// How long until the channel is due, or `None` when it is due now.
-    async fn not_due(&self, uid: &str, generation: Option<i64>, interval: Duration) -> Option<Duration> {
-        let attempts = self.attempts.lock().await;
-        let (g, at) = attempts.get(uid)?;
-        if *g != generation {
-            return None;
-        }
-        interval.checked_sub(at.elapsed()).filter(|d| !d.is_zero())
+    async fn not_due(
+        &self,
+        uid: &str,
+        generation: Option<i64>,
+        requested: Option<&str>,
+        interval: Duration,
+    ) -> Option<Duration> {
+        not_due(self.attempts.lock().await.get(uid), generation, requested, interval, Instant::now())
     }
 
-    async fn attempted(&self, uid: String, generation: Option<i64>) {
-        self.attempts.lock().await.insert(uid, (generation, Instant::now()));
+    async fn attempted(&self, uid: String, generation: Option<i64>, requested: Option<String>) {
+        self.attempts.lock().await.insert(uid, Attempt { generation, requested, at: Instant::now() });
     }
 }
 
@@ -88,9 +119,8 @@ pub async fn run(
         .await;
 }
 
-/// The controller before it runs. An immediate-resolve trigger stream of
-/// `ObjectRef<ImageChannel>` is added here with `.reconcile_on(stream)` (kube's
-/// `unstable-runtime-reconcile-on` feature), after [`ChannelContext::resolve_now`].
+/// The controller before it runs. Every change of a channel wakes it, the webhook's request
+/// annotation included.
 pub fn controller(ctx: &Context) -> Controller<ImageChannel> {
     let api = Api::<ImageChannel>::all(ctx.client.clone());
     Controller::new(api, watcher::Config::default().any_semantic())
@@ -126,12 +156,13 @@ impl ImageChannel {
         let ns = self.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
         let uid = self.uid().ok_or(Error::MissingField("metadata.uid"))?;
         let generation = self.metadata.generation;
+        let requested = self.annotations().get(RESOLVE_REQUEST_ANNOTATION).cloned();
         let interval = self.spec.interval.as_std().max(Duration::from_secs(1));
         let passive = self.spec.pinned_digest.is_some() || self.spec.promote_from.is_some();
         let outcome = if passive {
             Resolution::NotAttempted
         } else {
-            if let Some(wait) = cctx.not_due(&uid, generation, interval).await {
+            if let Some(wait) = cctx.not_due(&uid, generation, requested.as_deref(), interval).await {
                 return Ok(Action::requeue(wait));
             }
             self.resolve(cctx, &ns).await?
@@ -143,7 +174,7 @@ impl ImageChannel {
         if passive {
             return Ok(Action::await_change());
         }
-        cctx.attempted(uid, generation).await;
+        cctx.attempted(uid, generation, requested).await;
         Ok(Action::requeue(with_jitter(interval)))
     }
 
@@ -253,5 +284,23 @@ mod tests {
             assert!(d >= Duration::from_secs(300) && d < Duration::from_secs(330));
         }
         assert!(with_jitter(Duration::ZERO) >= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_new_webhook_request_makes_the_channel_due_at_once() {
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let last = Attempt { generation: Some(1), requested: Some("a".into()), at: t0 };
+        // Never resolved here: due.
+        assert_eq!(not_due(None, Some(1), None, hour, t0), None);
+        // Same generation and request: waits out the interval.
+        let wait = not_due(Some(&last), Some(1), Some("a"), hour, t0 + Duration::from_secs(60));
+        assert_eq!(wait, Some(hour - Duration::from_secs(60)));
+        // A new request (or a first one), a new generation, or the interval passed: due now.
+        assert_eq!(not_due(Some(&last), Some(1), Some("b"), hour, t0), None);
+        assert_eq!(not_due(Some(&last), Some(2), Some("a"), hour, t0), None);
+        let first = Attempt { requested: None, ..last.clone() };
+        assert_eq!(not_due(Some(&first), Some(1), Some("a"), hour, t0), None);
+        assert_eq!(not_due(Some(&last), Some(1), Some("a"), hour, t0 + hour), None);
     }
 }

@@ -27,6 +27,18 @@ pub enum Error {
     /// A request (annotation, subcommand) that cannot be carried out.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// Keeping the leader Lease failed.
+    #[error("leader lease: {0}")]
+    Lease(String),
+    /// Another replica took the leader Lease: this one stopped its controllers.
+    #[error("the leader lease went to another replica")]
+    LeadershipLost,
+}
+
+impl From<kube_lease_manager::LeaseManagerError> for Error {
+    fn from(e: kube_lease_manager::LeaseManagerError) -> Self {
+        Error::Lease(e.to_string())
+    }
 }
 
 impl Error {
@@ -42,6 +54,8 @@ impl Error {
             Error::Finalizer(_) => "FinalizerError",
             Error::Batch(_) => "ObserveBatchFailed",
             Error::InvalidRequest(_) => "InvalidRequest",
+            Error::Lease(_) => "LeaseError",
+            Error::LeadershipLost => "LeadershipLost",
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod channel;
 pub mod coordinator;
 pub mod error;
+pub mod leader;
 pub mod observer;
 pub mod tenant;
 

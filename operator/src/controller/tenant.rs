@@ -496,7 +496,7 @@ impl Tenant {
         if f.action != "observe" {
             let (result, message) = match (&report, &inv.status) {
                 (Ok(r), _) if r.status == "ok" => ("Succeeded", r.detail.clone()),
-                (Ok(r), _) if r.detail.ends_with("rolled-back") => ("RolledBack", r.detail.clone()),
+                (Ok(r), _) if crate::core::report::rolled_back(&r.detail) => ("RolledBack", r.detail.clone()),
                 (Ok(r), _) => ("Failed", r.detail.clone()),
                 (Err(_), InvocationStatus::TimedOut | InvocationStatus::DeliveryTimedOut) => {
                     ("TimedOut", outcome.into())
@@ -593,6 +593,7 @@ impl Tenant {
             health_timeout_secs: policy.health_check.timeout.as_std().as_secs().max(1),
             health_path: policy.health_check.path.clone().unwrap_or_else(|| self.spec.container.health_path.clone()),
             keep_warm_secs: u64::try_from(policy.keep_previous_slot_seconds).unwrap_or(0),
+            smoke_checks: policy.smoke_checks.clone(),
         };
         let image = target.image.split('@').next().unwrap_or_default();
         match revision::build(&ctx.settings.env_hmac_key, &self.spec.container, image, &target.digest, &env, &rollout) {
@@ -602,6 +603,12 @@ impl Tenant {
             }
             Err(e @ revision::RevisionError::TooLarge(_)) => {
                 Ok(Err(Cond::no(ct::SECRETS_SYNCED, "EnvTooLarge", e.to_string())))
+            }
+            Err(e @ revision::RevisionError::SmokeBearerMissing(..)) => {
+                Ok(Err(Cond::no(ct::SECRETS_SYNCED, "SmokeBearerMissing", e.to_string())))
+            }
+            Err(e @ revision::RevisionError::InvalidSmokeCheck(_)) => {
+                Ok(Err(Cond::no(ct::SECRETS_SYNCED, "InvalidSmokeCheck", e.to_string())))
             }
         }
     }

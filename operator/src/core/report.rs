@@ -137,6 +137,13 @@ pub fn short_digest(digest: &str) -> String {
     digest.strip_prefix("sha256:").unwrap_or(digest).chars().take(12).collect()
 }
 
+/// Whether a failed apply's detail says the host rolled back: `<failure>-rolled-back` for a start or
+/// health failure, `smoke-failed:<check>:rolled-back` for a smoke check (a check's name is a DNS
+/// label, so it can hold `-rolled-back` but never `:`).
+pub fn rolled_back(detail: &str) -> bool {
+    detail.ends_with(":rolled-back") || (detail.ends_with("-rolled-back") && !detail.contains(':'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +170,14 @@ mod tests {
     fn rejects_empty_and_garbage() {
         assert_eq!(HostReport::parse("\n\n"), Err(ReportError::Empty));
         assert!(matches!(HostReport::parse("{not json"), Err(ReportError::Malformed(_))));
+    }
+
+    #[test]
+    fn rollbacks_are_told_apart_from_check_names() {
+        assert!(rolled_back("health-failed-rolled-back"));
+        assert!(rolled_back("smoke-failed:api:rolled-back"));
+        assert!(rolled_back("smoke-failed:x-rolled-back:rolled-back"));
+        assert!(!rolled_back("smoke-failed:x-rolled-back"));
+        assert!(!rolled_back("health-failed"));
     }
 }

@@ -6,7 +6,7 @@
 //! revision id (which travels in the command) nor the env revision (shown in status) is a plain hash
 //! of secret values.
 
-use crate::crd::{ContainerSpec, Strategy};
+use crate::crd::{ContainerSpec, SmokeCheck, SmokeMethod, Strategy};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 pub const MAX_VALUE_BYTES: usize = 8192;
 
 /// How the revision is rolled onto the host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Rollout {
     /// Strategy.
     pub strategy: Strategy,
@@ -27,6 +27,8 @@ pub struct Rollout {
     pub health_path: String,
     /// How long the previous slot stays warm (blue/green).
     pub keep_warm_secs: u64,
+    /// HTTP checks by path on the new slot's local port, after the health check.
+    pub smoke_checks: Vec<SmokeCheck>,
 }
 
 /// A revision ready to be stored.
@@ -59,6 +61,12 @@ pub enum RevisionError {
     /// An env name that cannot be an environment variable.
     #[error("env name {0:?} is not a valid variable name")]
     InvalidEnvName(String),
+    /// A smoke check's bearer names a key the tenant's env does not have.
+    #[error("smoke check {0:?} takes its bearer from env key {1:?}, which the tenant's env does not have")]
+    SmokeBearerMissing(String, String),
+    /// A smoke check that is not a plain name and path (the CRD schema already refuses these).
+    #[error("smoke check {0:?} is not a DNS-label name with a path on the slot's own port")]
+    InvalidSmokeCheck(String),
 }
 
 fn hmac_hex(key: &[u8], parts: &[&[u8]]) -> String {
@@ -89,6 +97,50 @@ pub fn env_revision(key: &[u8], env: &BTreeMap<String, String>) -> String {
         parts.push(v.as_bytes());
     }
     hmac_hex(key, &parts)
+}
+
+/// A path the host agent accepts for a smoke check: starts with one `/`, then only URL path and
+/// query characters (no `#`, no whitespace, no brackets, no backslash), so curl can only ever reach
+/// `http://<host address>:<slot port><path>`. Mirrors the CRD schema and the agent's own check.
+pub fn valid_smoke_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.starts_with("//")
+        && p.len() <= 1024
+        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~!$&'()*+,;=:@%/?-".contains(&b))
+}
+
+fn valid_smoke_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+}
+
+/// The `smoke` lines: `smoke <b64 name> <GET|HEAD> <status> <b64 path> <b64 bearer env key | ->`.
+/// The bearer's value is not repeated: the agent takes it from the revision's own `env` line.
+fn smoke_lines(checks: &[SmokeCheck], env: &BTreeMap<String, String>) -> Result<Vec<String>, RevisionError> {
+    let e = |s: &str| B64.encode(s.as_bytes());
+    checks
+        .iter()
+        .map(|c| {
+            if !valid_smoke_name(&c.name) || !valid_smoke_path(&c.path) || !(100..=599).contains(&c.expect_status) {
+                return Err(RevisionError::InvalidSmokeCheck(c.name.clone()));
+            }
+            let bearer = match &c.bearer_env {
+                Some(k) if !env.contains_key(k) => {
+                    return Err(RevisionError::SmokeBearerMissing(c.name.clone(), k.clone()));
+                }
+                Some(k) => e(k),
+                None => "-".into(),
+            };
+            let method = match c.method {
+                SmokeMethod::Get => "GET",
+                SmokeMethod::Head => "HEAD",
+            };
+            Ok(format!("smoke {} {method} {} {} {bearer}", e(&c.name), c.expect_status, e(&c.path)))
+        })
+        .collect()
 }
 
 /// Builds the revision for `image@digest` with this env.
@@ -146,6 +198,8 @@ pub fn build(
     for (k, v) in env {
         lines.push(format!("env {} {}", e(k), e(v)));
     }
+    // Part of the value, so part of the id: a change of the checks is a new revision.
+    lines.extend(smoke_lines(&rollout.smoke_checks, env)?);
     let value = lines.join("\n") + "\n";
     if value.len() > MAX_VALUE_BYTES {
         return Err(RevisionError::TooLarge(value.len()));
@@ -169,7 +223,75 @@ mod tests {
             health_timeout_secs: 60,
             health_path: "/health".into(),
             keep_warm_secs: 600,
+            smoke_checks: Vec::new(),
         }
+    }
+
+    fn check(name: &str, path: &str, status: i32, bearer: Option<&str>) -> SmokeCheck {
+        SmokeCheck {
+            name: name.into(),
+            path: path.into(),
+            method: SmokeMethod::Get,
+            expect_status: status,
+            bearer_env: bearer.map(Into::into),
+        }
+    }
+
+    fn decode(s: &str) -> String {
+        String::from_utf8(B64.decode(s).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn smoke_checks_are_encoded_and_part_of_the_id() {
+        let c = ContainerSpec::default();
+        let mut env = BTreeMap::new();
+        env.insert("API_TOKEN".to_string(), "bearer-value-1".to_string());
+        let plain = build(b"k", &c, "r/app", D, &env, &rollout()).unwrap();
+        assert!(!plain.value.contains("\nsmoke "), "no checks, no lines (ids of existing revisions stay)");
+        let mut r = rollout();
+        r.smoke_checks = vec![
+            check("api", "/api/orgs?limit=1", 200, Some("API_TOKEN")),
+            SmokeCheck { method: SmokeMethod::Head, ..check("liveness", "/api/orgs", 401, None) },
+        ];
+        let with = build(b"k", &c, "r/app", D, &env, &r).unwrap();
+        assert_ne!(with.id, plain.id, "the checks are part of the revision id");
+        assert_eq!(with.env_revision, plain.env_revision, "the env revision is the env's alone");
+        let smoke: Vec<Vec<&str>> =
+            with.value.lines().filter(|l| l.starts_with("smoke ")).map(|l| l.split(' ').collect()).collect();
+        assert_eq!(smoke.len(), 2);
+        assert_eq!(decode(smoke[0][1]), "api");
+        assert_eq!(smoke[0][2..4], ["GET", "200"]);
+        assert_eq!(decode(smoke[0][4]), "/api/orgs?limit=1");
+        assert_eq!(decode(smoke[0][5]), "API_TOKEN");
+        assert_eq!(smoke[1][2..4], ["HEAD", "401"]);
+        assert_eq!(smoke[1][5], "-");
+        // The bearer's value appears once only (its env line), never in a smoke line.
+        assert_eq!(with.value.matches(&B64.encode("bearer-value-1")).count(), 1);
+        // A different expected status: a different revision.
+        r.smoke_checks[0].expect_status = 204;
+        assert_ne!(build(b"k", &c, "r/app", D, &env, &r).unwrap().id, with.id);
+    }
+
+    #[test]
+    fn smoke_checks_reach_only_a_path_and_need_their_bearer() {
+        let c = ContainerSpec::default();
+        let env = BTreeMap::new();
+        let mut r = rollout();
+        r.smoke_checks = vec![check("api", "/x", 200, Some("NOPE"))];
+        assert_eq!(
+            build(b"k", &c, "r/app", D, &env, &r),
+            Err(RevisionError::SmokeBearerMissing("api".into(), "NOPE".into()))
+        );
+        for bad in ["http://evil/", "//evil.example/x", "x", "/a b", "/a#b", "/a\\b", "/a\nHost: x", "/{a}", ""] {
+            assert!(!valid_smoke_path(bad), "{bad:?}");
+            r.smoke_checks = vec![check("api", bad, 200, None)];
+            assert_eq!(build(b"k", &c, "r/app", D, &env, &r), Err(RevisionError::InvalidSmokeCheck("api".into())));
+        }
+        for good in ["/", "/health", "/api/orgs?x=1&y=%20", "/@evil.example"] {
+            assert!(valid_smoke_path(good), "{good:?}");
+        }
+        r.smoke_checks = vec![check("Bad_Name", "/", 200, None)];
+        assert!(build(b"k", &c, "r/app", D, &env, &r).is_err());
     }
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

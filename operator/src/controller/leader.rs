@@ -1,0 +1,151 @@
+//! Leader election: of many replicas, only the holder of a `coordination.k8s.io` Lease runs the
+//! controllers, so there is one writer of statuses and one sender of commands.
+//!
+//! The Lease is kept by `kube-lease-manager` (server-side apply on the Lease, so two candidates can
+//! never both take it; renewed `grace` seconds before it expires). [`run_while_leader`] waits for
+//! the Lease, runs the controllers, and stops them when the Lease is lost (then returns
+//! [`Error::LeadershipLost`]: the process exits and is restarted as a candidate, the way client-go's
+//! leader election ends) or when `shutdown` fires (then the Lease is released so a standby takes
+//! over at its next look, within one lease duration).
+//!
+//! A leader cut off from the API server cannot renew and is replaced after `duration`; it cannot
+//! send a command meanwhile either, because every command is preceded by an intent written to the
+//! tenant's status (see `controller::tenant`).
+
+use super::Error;
+use kube_lease_manager::LeaseManagerBuilder;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Where the Lease is and who we are.
+#[derive(Clone, Debug)]
+pub struct LeaseSettings {
+    /// Lease name.
+    pub name: String,
+    /// Lease namespace (the operator's own).
+    pub namespace: String,
+    /// This candidate's identity (unique per process: see [`identity`]).
+    pub identity: String,
+    /// Lease validity after the last renewal, in seconds.
+    pub duration_secs: u64,
+    /// The holder renews this many seconds before the Lease expires.
+    pub grace_secs: u64,
+    /// How long the controllers may take to finish in-flight reconciles at shutdown.
+    pub drain: Duration,
+}
+
+impl LeaseSettings {
+    /// Defaults: 15 s leases renewed 5 s before they expire, 20 s to drain at shutdown.
+    pub fn new(name: impl Into<String>, namespace: impl Into<String>, identity: impl Into<String>) -> Self {
+        LeaseSettings {
+            name: name.into(),
+            namespace: namespace.into(),
+            identity: identity.into(),
+            duration_secs: 15,
+            grace_secs: 5,
+            drain: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A candidate identity: `base` (the pod name, else the host name) and a random suffix, so two
+/// processes on one host (or a restarted pod) never share an identity.
+pub fn identity(base: Option<&str>) -> String {
+    let base = base.filter(|b| !b.is_empty()).unwrap_or("tenant-operator");
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{base}_{}", &suffix[..8])
+}
+
+/// Runs `controllers` while this process holds the Lease: waits for it, starts them with a stop
+/// signal of their own, and stops them when the Lease is lost or `shutdown` fires.
+///
+/// Returns `Ok(())` after `shutdown` (the Lease released), [`Error::LeadershipLost`] when the Lease
+/// went to another candidate (the controllers were stopped first).
+pub async fn run_while_leader<F, Fut>(
+    client: kube::Client,
+    lease: LeaseSettings,
+    mut shutdown: watch::Receiver<bool>,
+    controllers: F,
+) -> Result<(), Error>
+where
+    F: FnOnce(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let manager = LeaseManagerBuilder::new(client, &lease.name)
+        .with_namespace(&lease.namespace)
+        .with_identity(&lease.identity)
+        .with_duration(lease.duration_secs.max(2))
+        .with_grace(lease.grace_secs.clamp(1, lease.duration_secs.max(2) - 1))
+        .build()
+        .await?;
+    let (mut leading, keeper) = manager.watch().await;
+    info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for the lease");
+    loop {
+        if *leading.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() {
+                return Err(Error::Lease("the lease keeper stopped".into()));
+            },
+            () = stopping(&mut shutdown) => {
+                drop(leading);
+                let _ = tokio::time::timeout(Duration::from_secs(5), keeper).await;
+                return Ok(());
+            }
+        }
+    }
+    info!(identity = %lease.identity, "leading: starting the controllers");
+    let (stop, stop_rx) = watch::channel(false);
+    let mut running = tokio::spawn(controllers(stop_rx));
+    let outcome = tokio::select! {
+        () = stopping(&mut shutdown) => Ok(()),
+        () = lost(&mut leading) => Err(Error::LeadershipLost),
+        _ = &mut running => Ok(()),
+    };
+    // Lost: stop at once (a kill at any instant is safe); shutting down: let reconciles finish.
+    let drain = if outcome.is_err() { Duration::from_secs(2) } else { lease.drain };
+    let _ = stop.send(true);
+    if tokio::time::timeout(drain, &mut running).await.is_err() {
+        warn!("the controllers did not stop in time; aborted");
+        running.abort();
+    }
+    match &outcome {
+        Ok(()) => info!(identity = %lease.identity, "controllers stopped; releasing the lease"),
+        Err(_) => warn!(identity = %lease.identity, "lost the lease; controllers stopped"),
+    }
+    // Closing the channel makes the keeper release the Lease (if still ours) and end.
+    drop(leading);
+    let _ = tokio::time::timeout(Duration::from_secs(5), keeper).await;
+    outcome
+}
+
+/// Resolves when `shutdown` fires (or its sender is gone).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Resolves when the keeper says the Lease is no longer ours (or stops keeping it).
+async fn lost(leading: &mut watch::Receiver<bool>) {
+    loop {
+        if leading.changed().await.is_err() || !*leading.borrow_and_update() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_are_unique_per_process_and_keep_the_pod_name() {
+        let a = identity(Some("tenant-operator-7d9f-abcde"));
+        let b = identity(Some("tenant-operator-7d9f-abcde"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("tenant-operator-7d9f-abcde_"));
+        assert!(identity(None).starts_with("tenant-operator_"));
+        assert!(identity(Some("")).starts_with("tenant-operator_"));
+    }
+}

@@ -1,0 +1,211 @@
+//! The registry webhook: `POST /webhook/<namespace>/<channel>` makes the channel resolve its tag now.
+//!
+//! The caller authenticates with the channel's own token (`spec.webhook.tokenSecretRef`, a Secret in
+//! the channel's namespace), sent as `Authorization: Bearer <token>` or `X-Webhook-Token: <token>`
+//! and compared in constant time. The body is capped ([`MAX_BODY_BYTES`], 413 beyond) and never read
+//! for meaning: a call only triggers a resolve, it never carries a digest the operator trusts.
+//!
+//! The trigger is an annotation ([`RESOLVE_REQUEST_ANNOTATION`]) written on the channel. Any replica
+//! can serve the webhook (leader or not); the channel controller of the leader sees the change
+//! through its watch and resolves at once when the annotation differs from the one its last resolve
+//! saw (see `controller::channel`). Nothing else on the channel changes.
+//!
+//! Answers: 202 resolve requested; 401 token missing or wrong (or the token Secret is missing or
+//! empty: no token can match); 404 malformed names, no such channel, or a channel without a webhook;
+//! 413 body too large; 503 the API server could not be asked. No answer says more than its status.
+
+use crate::crd::ImageChannel;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+/// Largest body accepted; the body is read (so the connection stays usable) but never interpreted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Annotation the webhook writes on the channel: a fresh value asks for a resolve now.
+pub const RESOLVE_REQUEST_ANNOTATION: &str = "fleet.molecule.ai/resolve-requested-at";
+/// Header carrying the token when `Authorization` is not used.
+pub const TOKEN_HEADER: &str = "x-webhook-token";
+/// Field manager of the annotation.
+pub const WEBHOOK_MANAGER: &str = "tenant-operator-webhook";
+
+#[derive(Clone)]
+struct WebhookState {
+    client: kube::Client,
+}
+
+/// The webhook's routes (only `POST /webhook/{namespace}/{channel}`).
+pub fn router(client: kube::Client) -> Router {
+    Router::new()
+        .route("/webhook/{namespace}/{channel}", axum::routing::post(hook))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(WebhookState { client })
+}
+
+/// Binds `addr` and serves the webhook in the background until `shutdown` resolves; returns the
+/// bound address (useful with port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = router(client);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            warn!(error = %e, "webhook listener stopped");
+        }
+    });
+    info!(addr = %bound, "registry webhook listening");
+    Ok(bound)
+}
+
+/// A Kubernetes object name (DNS subdomain, at most 253 characters).
+fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A namespace name (DNS label).
+fn valid_namespace(s: &str) -> bool {
+    valid_name(s, 63) && !s.contains('.')
+}
+
+/// The token the caller presented: `Authorization: Bearer <token>` first, else `X-Webhook-Token`.
+fn presented_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|v| {
+        let v = v.as_bytes();
+        let (scheme, rest) = v.split_at_checked(7)?;
+        scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+    });
+    bearer.or_else(|| headers.get(TOKEN_HEADER).map(|v| v.as_bytes())).map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
+}
+
+/// Constant-time comparison of the presented token with the expected one. Both are hashed first so
+/// neither the content nor the length of the expected token shows in the timing; an empty expected
+/// token never matches.
+fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
+    let expected = expected.trim_ascii();
+    if expected.is_empty() {
+        return false;
+    }
+    let a = Sha256::digest(presented);
+    let b = Sha256::digest(expected);
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
+}
+
+async fn hook(
+    State(state): State<WebhookState>,
+    Path((namespace, channel)): Path<(String, String)>,
+    headers: HeaderMap,
+    // Read (and capped by `DefaultBodyLimit`: 413 beyond) but never interpreted.
+    _body: Bytes,
+) -> StatusCode {
+    if !valid_namespace(&namespace) || !valid_name(&channel, 253) {
+        return StatusCode::NOT_FOUND;
+    }
+    let Some(token) = presented_token(&headers) else {
+        return StatusCode::UNAUTHORIZED;
+    };
+    match authorize_and_request(&state.client, &namespace, &channel, token).await {
+        Ok(code) => code,
+        Err(e) => {
+            warn!(namespace, channel, error = %e, "webhook: the API server could not be asked");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
+async fn authorize_and_request(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    token: &[u8],
+) -> Result<StatusCode, kube::Error> {
+    let channels: Api<ImageChannel> = Api::namespaced(client.clone(), namespace);
+    let Some(channel) = channels.get_opt(name).await? else {
+        return Ok(StatusCode::NOT_FOUND);
+    };
+    let Some(hook) = channel.spec.webhook.as_ref() else {
+        return Ok(StatusCode::NOT_FOUND);
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let expected = secrets
+        .get_opt(&hook.token_secret_ref.name)
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(&hook.token_secret_ref.key));
+    let Some(expected) = expected else {
+        warn!(namespace, channel = name, "webhook: the token Secret or its key is missing; refused");
+        return Ok(StatusCode::UNAUTHORIZED);
+    };
+    if !token_matches(token, &expected.0) {
+        warn!(namespace, channel = name, "webhook: wrong token; refused");
+        return Ok(StatusCode::UNAUTHORIZED);
+    }
+    let stamp = jiff::Timestamp::now().to_string();
+    let patch = json!({"metadata": {"annotations": {RESOLVE_REQUEST_ANNOTATION: stamp}}});
+    channels.patch(name, &PatchParams::apply(WEBHOOK_MANAGER), &Patch::Merge(&patch)).await?;
+    info!(namespace, channel = name, "webhook: resolve requested");
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn tokens_come_from_either_header() {
+        assert_eq!(presented_token(&headers(&[("authorization", "Bearer abc")])), Some(&b"abc"[..]));
+        assert_eq!(presented_token(&headers(&[("authorization", "bearer  abc ")])), Some(&b"abc"[..]));
+        assert_eq!(presented_token(&headers(&[("x-webhook-token", "xyz")])), Some(&b"xyz"[..]));
+        assert_eq!(presented_token(&headers(&[("authorization", "Basic abc")])), None);
+        assert_eq!(presented_token(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(presented_token(&headers(&[])), None);
+    }
+
+    #[test]
+    fn tokens_match_only_exactly_and_never_empty() {
+        assert!(token_matches(b"s3cret", b"s3cret"));
+        assert!(token_matches(b"s3cret", b"s3cret\n"));
+        assert!(!token_matches(b"s3cret", b"s3cre"));
+        assert!(!token_matches(b"s3cre", b"s3cret"));
+        assert!(!token_matches(b"", b""));
+        assert!(!token_matches(b"x", b"  "));
+    }
+
+    #[test]
+    fn names_are_validated_before_any_lookup() {
+        assert!(valid_namespace("fleet"));
+        assert!(!valid_namespace("a.b"));
+        assert!(!valid_namespace("Fleet"));
+        assert!(valid_name("stable.v1", 253));
+        assert!(!valid_name("..", 253));
+        assert!(!valid_name("-a", 253));
+        assert!(!valid_name("a/b", 253));
+        assert!(!valid_name(&"a".repeat(254), 253));
+    }
+}

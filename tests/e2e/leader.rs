@@ -1,0 +1,136 @@
+//! Leader election: two operator instances against one API server; only the Lease holder
+//! reconciles (statuses, commands), the standby takes over within a lease duration when the leader
+//! stops, and a leader whose Lease is taken stops its controllers.
+
+use crate::apply::{channel_at, tenant_json};
+use crate::harness::{Bed, NS, cond, test_settings};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tenant_operator::controller::leader::{LeaseSettings, run_while_leader};
+use tenant_operator::controller::{self, Context, Error};
+use tenant_operator::crd::Tenant;
+use tenant_operator::demo::launch_managed;
+use tenant_operator::metrics::Metrics;
+use tenant_operator::registry::{OciResolver, RegistrySettings, Resolve};
+use testbed::stack::HostState;
+
+const LEASE: &str = "tenant-operator";
+const DURATION_SECS: u64 = 3;
+
+struct Instance {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+    metrics: Arc<Metrics>,
+}
+
+async fn start_instance(bed: &Bed, identity: &str) -> Instance {
+    let aws = tenant_operator::demo::sdk_for(&bed.stack).await;
+    let metrics = Arc::new(Metrics::default());
+    let ctx = Arc::new(Context::new(bed.client.clone(), Arc::new(aws), test_settings(), metrics.clone()));
+    let reg = bed.stack.registry.clone();
+    let resolver: Arc<dyn Resolve> =
+        Arc::new(OciResolver::new(RegistrySettings::new(vec![reg.clone()], vec![reg], vec![])).unwrap());
+    let mut lease = LeaseSettings::new(LEASE, NS, identity);
+    lease.duration_secs = DURATION_SECS;
+    lease.grace_secs = 1;
+    lease.drain = Duration::from_secs(5);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(run_while_leader(bed.client.clone(), lease, rx, move |stop| {
+        controller::run_all(ctx, resolver, stop)
+    }));
+    Instance { stop, task, metrics }
+}
+
+/// Reconciles and command outcomes this instance counted.
+fn work(m: &Metrics) -> u64 {
+    m.encode()
+        .lines()
+        .filter(|l| {
+            l.starts_with("tenant_operator_reconciles_total") || l.starts_with("tenant_operator_commands_total")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+async fn holder(bed: &Bed) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(bed.client.clone(), NS);
+    leases.get_opt(LEASE).await.unwrap()?.spec?.holder_identity
+}
+
+async fn wait_holder(bed: &Bed, who: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    while holder(bed).await.as_deref() != Some(who) {
+        assert!(t0.elapsed() < limit, "{who} did not get the lease in {limit:?}: holder {:?}", holder(bed).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t0.elapsed()
+}
+
+fn converged_on(digest: String) -> impl Fn(&Tenant) -> bool {
+    move |t: &Tenant| {
+        cond(t, "Ready").is_some_and(|c| c.1 == "Converged")
+            && t.status.as_ref().and_then(|s| s.target.as_ref()).is_some_and(|x| x.digest == digest)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_one_writer_and_a_takeover_within_the_lease_duration() {
+    let bed = Bed::start_without_controllers().await.unwrap();
+    let v1 = bed.stack.push_image("platform-tenant", "staging", &[("sim.health", "healthy")], false).await.unwrap();
+    channel_at(&bed, "staging", &v1).await;
+
+    let a = start_instance(&bed, "replica-a").await;
+    wait_holder(&bed, "replica-a", Duration::from_secs(10)).await;
+    let b = start_instance(&bed, "replica-b").await;
+
+    let id = launch_managed(&bed.stack, "lead", &[], HostState::Fresh).await.unwrap();
+    bed.create::<Tenant>(tenant_json("lead", &id, json!({}))).await.unwrap();
+    bed.wait_tenant("lead", Duration::from_secs(90), "convergence on v1", converged_on(v1.clone())).await.unwrap();
+    // Through a few renewals: the standby never reconciles anything.
+    tokio::time::sleep(Duration::from_secs(DURATION_SECS + 2)).await;
+    assert_eq!(holder(&bed).await.as_deref(), Some("replica-a"));
+    assert!(work(&a.metrics) > 0, "the leader did nothing");
+    assert_eq!(work(&b.metrics), 0, "the standby reconciled:\n{}", b.metrics.encode());
+    assert!(!b.task.is_finished());
+
+    // The leader stops (SIGTERM): it releases the lease, the standby takes over.
+    let t0 = Instant::now();
+    a.stop.send(true).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(15), a.task).await.expect("the leader did not stop");
+    assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
+    wait_holder(&bed, "replica-b", Duration::from_secs(DURATION_SECS + 10)).await;
+    let takeover = t0.elapsed();
+    eprintln!("takeover after the leader stopped: {takeover:?} (lease duration {DURATION_SECS}s)");
+    assert!(takeover <= Duration::from_secs(DURATION_SECS + 2), "takeover took {takeover:?}");
+    let a_done = work(&a.metrics);
+
+    // The new leader does the work now; the old one does nothing more.
+    let v2 = bed
+        .stack
+        .push_image("platform-tenant", "staging", &[("sim.health", "healthy"), ("sim.version", "2")], false)
+        .await
+        .unwrap();
+    channel_at(&bed, "staging", &v2).await;
+    bed.wait_tenant("lead", Duration::from_secs(90), "convergence on v2", converged_on(v2.clone())).await.unwrap();
+    assert!(work(&b.metrics) > 0, "the new leader did nothing");
+    assert_eq!(work(&a.metrics), a_done, "the stopped replica kept reconciling");
+
+    // Another candidate takes the lease (as after a partition): the leader stops its controllers.
+    let leases: Api<Lease> = Api::namespaced(bed.client.clone(), NS);
+    let now = jiff::Timestamp::now().to_string();
+    let patch = json!({"spec": {"holderIdentity": "intruder", "renewTime": now, "acquireTime": now, "leaseDurationSeconds": 3600}});
+    leases.patch(LEASE, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let t0 = Instant::now();
+    let lost =
+        tokio::time::timeout(Duration::from_secs(DURATION_SECS + 10), b.task).await.expect("the leader kept running");
+    eprintln!("the leader noticed the lost lease after {:?}", t0.elapsed());
+    assert!(matches!(lost, Ok(Err(Error::LeadershipLost))), "{lost:?}");
+    let b_done = work(&b.metrics);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(work(&b.metrics), b_done, "controllers kept running after the lease was lost");
+    drop(b.stop);
+}

@@ -1,0 +1,188 @@
+//! Smoke checks after every apply: by path on the new slot's local port, no redirects followed, an
+//! optional bearer from the tenant's own Secret, the expected status each. A failing check rolls the
+//! tenant back (in place) or never switches (blue/green); Ready says which check failed; the bearer
+//! never shows in a command, the host log or any other file of the bed.
+
+use crate::apply::{channel_at, http_get, secret, tenant_json};
+use crate::harness::{Bed, NS, cond};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tenant_operator::crd::{RolloutPolicy, Slot, Tenant};
+use tenant_operator::demo::launch_managed;
+use testbed::stack::HostState;
+
+const BEARER: &str = "smoke-bearer-5d41402abc4b2a76";
+
+fn serving(t: &Tenant) -> Option<(Slot, String)> {
+    let o = t.status.as_ref()?.observed.as_ref()?;
+    let slot = o.active_slot?;
+    let s = match slot {
+        Slot::Blue => o.blue.as_ref(),
+        Slot::Green => o.green.as_ref(),
+    }?;
+    Some((slot, s.digest.clone()?))
+}
+
+fn converged_on(digest: String) -> impl Fn(&Tenant) -> bool {
+    move |t: &Tenant| {
+        cond(t, "Ready").is_some_and(|c| c.1 == "Converged")
+            && t.status.as_ref().is_some_and(|s| s.in_flight.is_none())
+            && serving(t).is_some_and(|(_, d)| d == digest)
+    }
+}
+
+fn ready_message(t: &Tenant) -> String {
+    t.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().message.clone()
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            files_under(&e.path(), out);
+        } else if ft.is_file() {
+            out.push(e.path());
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The bearer (as is, and base64) appears nowhere but in the container's own config: not in the
+/// command timeline, not in the host's agent log, no header file is left behind.
+async fn bearer_never_leaks(bed: &Bed, id: &str) {
+    use base64::Engine;
+    let needles = [BEARER.to_string(), base64::engine::general_purpose::STANDARD.encode(BEARER)];
+    let timeline = bed.stack.timeline().await.unwrap().to_string();
+    let mut files = Vec::new();
+    files_under(&bed.stack.workdir, &mut files);
+    let mut agent_logs = 0;
+    for f in &files {
+        let rel = f.strip_prefix(&bed.stack.workdir).unwrap().to_string_lossy().into_owned();
+        if rel.contains("var/lib/docker-sim/containers/") && rel.ends_with("/config.json") {
+            continue;
+        }
+        assert!(!rel.contains("/hdr."), "a header file was left on the host: {rel}");
+        let Ok(bytes) = std::fs::read(f) else { continue };
+        for n in &needles {
+            assert!(!contains(&bytes, n.as_bytes()), "the bearer is in {rel}");
+        }
+        if rel.ends_with("var/log/tenant-operator/agent.log") {
+            agent_logs += 1;
+        }
+    }
+    assert!(agent_logs > 0, "the host log was not scanned");
+    for n in &needles {
+        assert!(!timeline.contains(n.as_str()), "the bearer is in the command timeline");
+    }
+    let log = std::fs::read_to_string(bed.stack.host_dir(id).join("var/log/tenant-operator/agent.log")).unwrap();
+    assert!(log.contains("smoke check api-with-bearer: expected 200, got 200"), "{log}");
+}
+
+async fn setup(bed: &Bed, slug: &str, strategy: &str, good_labels: &[(&str, &str)]) -> (String, String, String) {
+    let mut labels = vec![("sim.health", "healthy"), ("sim.bearer-env", "API_TOKEN")];
+    labels.extend_from_slice(good_labels);
+    let good = bed.stack.push_image("platform-tenant", &format!("{slug}-good"), &labels, false).await.unwrap();
+    labels.extend_from_slice(&[("sim.fail-paths", "/api/orgs"), ("sim.version", "2-broken")]);
+    let bad = bed.stack.push_image("platform-tenant", &format!("{slug}-bad"), &labels, false).await.unwrap();
+    secret(bed, &format!("{slug}-env"), &[("API_TOKEN", BEARER)]).await;
+    let policy: RolloutPolicy = serde_json::from_value(json!({
+        "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
+        "metadata": {"name": slug, "namespace": NS},
+        "spec": {
+            "strategy": strategy, "healthCheck": {"timeout": "10s"},
+            "smokeChecks": [
+                {"name": "api-with-bearer", "path": "/api/orgs?limit=1", "expectStatus": 200, "bearerEnv": "API_TOKEN"},
+                {"name": "liveness-needs-auth", "path": "/api/orgs", "expectStatus": 401},
+                {"name": "redirect-not-followed", "path": "/redirect", "expectStatus": 302, "method": "HEAD", "bearerEnv": "API_TOKEN"},
+            ]
+        }
+    }))
+    .unwrap();
+    Api::<RolloutPolicy>::namespaced(bed.client.clone(), NS).create(&PostParams::default(), &policy).await.unwrap();
+    channel_at(bed, "staging", &good).await;
+    let id = launch_managed(&bed.stack, slug, &[], HostState::Fresh).await.unwrap();
+    bed.create::<Tenant>(tenant_json(
+        slug,
+        &id,
+        json!({"rolloutPolicy": slug, "container": {"envFrom": [{"secretRef": {"name": format!("{slug}-env")}}]}}),
+    ))
+    .await
+    .unwrap();
+    (id, good, bad)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_checks_pass_a_good_image_and_roll_back_a_failing_one_in_place() {
+    let bed = Bed::start().await.unwrap();
+    let (id, good, bad) = setup(&bed, "smoky", "InPlace", &[]).await;
+
+    // The good image passes all three checks: bearer 200, no bearer 401, the redirect seen, not followed.
+    let t =
+        bed.wait_tenant("smoky", Duration::from_secs(90), "the good image", converged_on(good.clone())).await.unwrap();
+    assert_eq!(t.status.as_ref().unwrap().history[0].result, "Succeeded");
+    let log = std::fs::read_to_string(bed.stack.host_dir(&id).join("var/log/tenant-operator/agent.log")).unwrap();
+    for line in [
+        "smoke check liveness-needs-auth: expected 401, got 401",
+        "smoke check redirect-not-followed: expected 302, got 302",
+    ] {
+        assert!(log.contains(line), "{line:?} not in the host log:\n{log}");
+    }
+
+    // The broken image is healthy but fails the bearer check: rolled back, Ready says which check.
+    channel_at(&bed, "staging", &bad).await;
+    let t = bed
+        .wait_tenant("smoky", Duration::from_secs(90), "a rollback", |t| {
+            cond(t, "Ready").is_some_and(|c| c.1 == "RolledBack")
+                && t.status.as_ref().is_some_and(|s| s.in_flight.is_none())
+        })
+        .await
+        .unwrap();
+    let msg = ready_message(&t);
+    assert!(msg.contains("smoke-failed:api-with-bearer"), "{msg}");
+    assert_eq!(cond(&t, "Stalled").unwrap().0, "True");
+    assert_eq!(t.status.as_ref().unwrap().history[0].result, "RolledBack");
+    // The host serves the previous digest again, and it is the working build.
+    let blue = t.status.as_ref().unwrap().observed.as_ref().unwrap().blue.clone().unwrap();
+    assert_eq!(blue.digest.as_deref(), Some(good.as_str()));
+    let addr = bed.stack.host_addr(&id);
+    assert_eq!(http_get(&addr, 8080, "/health").0, 200);
+    assert_eq!(http_get(&addr, 8080, "/api/orgs").0, 401, "the previous build (no bearer) answers 401, not 500");
+    bearer_never_leaks(&bed, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_smoke_check_never_switches_blue_green() {
+    let bed = Bed::start().await.unwrap();
+    let (id, good, bad) = setup(&bed, "smokybg", "BlueGreen", &[]).await;
+    let t = bed
+        .wait_tenant("smokybg", Duration::from_secs(90), "the good image", converged_on(good.clone()))
+        .await
+        .unwrap();
+    let (slot, _) = serving(&t).unwrap();
+
+    channel_at(&bed, "staging", &bad).await;
+    let t = bed
+        .wait_tenant("smokybg", Duration::from_secs(90), "a failed apply", |t| {
+            cond(t, "Ready").is_some_and(|c| c.1 == "ApplyFailed")
+                && t.status.as_ref().is_some_and(|s| s.in_flight.is_none())
+        })
+        .await
+        .unwrap();
+    let msg = ready_message(&t);
+    assert!(msg.contains("smoke-failed:api-with-bearer"), "{msg}");
+    // The active slot never stopped serving the good digest; the new slot is gone.
+    assert_eq!(serving(&t), Some((slot, good.clone())));
+    let obs = t.status.as_ref().unwrap().observed.clone().unwrap();
+    let other = if slot == Slot::Blue { obs.green } else { obs.blue };
+    assert!(other.is_none(), "the failed slot was left behind: {other:?}");
+    let routing = http_get(&bed.stack.host_addr(&id), 8000, "/health");
+    assert_eq!(routing.0, 200);
+    assert!(routing.1.contains(&good), "the router serves {}", routing.1);
+    bearer_never_leaks(&bed, &id).await;
+}
