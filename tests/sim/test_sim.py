@@ -585,3 +585,54 @@ def test_legacy_host(bed):
     c = json.loads(docker(bed, host, "inspect", "molecule-tenant").stdout)[0]
     assert c["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     assert "ORG_SLUG=old-org" in c["Config"]["Env"]
+
+
+def host_info(bed, host):
+    with urllib.request.urlopen(f"{bed.sim_url}/_sim/hosts/{host['instance_id']}") as r:
+        return json.loads(r.read())
+
+
+def test_legacy_cron_follows_latest_until_its_entry_is_disabled(bed):
+    reg.push_image(bed.registry, "platform-tenant", "latest", {"sim.version": "legacy-1"})
+    host = add_host(bed, org="cron-org", state="legacy", cron_interval_seconds=1,
+                    legacy_args=["-v", "/srv/data:/data", "--network", "host-net", "--add-host", "db.internal:10.0.0.5",
+                                 "--label", "team=core"], legacy_env={"SECRET_TOKEN": "s3cr3t"})
+    c = json.loads(docker(bed, host, "inspect", "molecule-tenant").stdout)[0]
+    assert c["HostConfig"]["Binds"] == ["/srv/data:/data"]
+    assert c["HostConfig"]["NetworkMode"] == "host-net"
+    assert c["HostConfig"]["ExtraHosts"] == ["db.internal:10.0.0.5"]
+    assert c["Config"]["Labels"]["team"] == "core"
+    assert "SECRET_TOKEN=s3cr3t" in c["Config"]["Env"]
+    assert host_info(bed, host)["cron"]["entry"] == "active"
+    wait_for(lambda: host_info(bed, host)["cron"]["runs"] >= 1, timeout=10)
+    # the tag moves: the next cron run restarts the container on the new digest, with the same options
+    new = reg.push_image(bed.registry, "platform-tenant", "latest", {"sim.version": "legacy-2"})
+
+    def serves_new():
+        code, body = http_get(f"http://{host['addr']}:8080/health")
+        return code == 200 and json.loads(body)["digest"] == new
+    wait_for(serves_new, timeout=20, interval=0.2)
+    c2 = json.loads(docker(bed, host, "inspect", "molecule-tenant").stdout)[0]
+    assert c2["Id"] != c["Id"] and c2["HostConfig"]["Binds"] == ["/srv/data:/data"]
+    log = open(os.path.join(host["sandbox"], "var/log/molecule-auto-update.log")).read()
+    assert "updated" in log
+    # commented out, the entry no longer fires
+    entry = os.path.join(host["sandbox"], "etc/cron.d/molecule-autoupdate")
+    with open(entry) as f:
+        line = f.read()
+    with open(entry, "w") as f:
+        f.write("# " + line)
+    assert host_info(bed, host)["cron"]["entry"] == "disabled"
+    time.sleep(1.5)
+    runs = host_info(bed, host)["cron"]["runs"]
+    time.sleep(2.5)
+    assert host_info(bed, host)["cron"]["runs"] == runs
+    os.remove(entry)
+    assert host_info(bed, host)["cron"]["entry"] == "absent"
+
+
+def test_legacy_args_are_checked(bed):
+    iid = new_instance_id()
+    status, body = post_json(f"{bed.sim_url}/_sim/hosts", {"instance_id": iid, "addr": next_addr(), "org": "x",
+                                                           "state": "legacy", "legacy_args": ["--privileged", "x"]})
+    assert status == 400, body
