@@ -100,11 +100,44 @@ pub fn build(
     env: &BTreeMap<String, String>,
     rollout: &Rollout,
 ) -> Result<DesiredRevision, RevisionError> {
+    build_with_import(key, container, image, digest, env, None, rollout)
+}
+
+/// Builds the revision of an adopted tenant: the env taken over from its hand-run container (held
+/// by the host's write-once `imported-env` parameter; the operator knows only the names) comes
+/// first, `env` overrides it. The env revision covers the names and the fact of the import; the
+/// values, which the operator never sees, are fixed because the parameter is written once.
+pub fn build_with_import(
+    key: &[u8],
+    container: &ContainerSpec,
+    image: &str,
+    digest: &str,
+    env: &BTreeMap<String, String>,
+    imported_env_names: Option<&[String]>,
+    rollout: &Rollout,
+) -> Result<DesiredRevision, RevisionError> {
     if let Some(bad) = env.keys().find(|k| !valid_env_name(k)) {
         return Err(RevisionError::InvalidEnvName(bad.clone()));
     }
+    if let Some(bad) = imported_env_names.and_then(|n| n.iter().find(|k| !valid_env_name(k))) {
+        return Err(RevisionError::InvalidEnvName(bad.clone()));
+    }
     let e = |s: &str| B64.encode(s.as_bytes());
-    let env_rev = env_revision(key, env);
+    let env_rev = match imported_env_names {
+        None => env_revision(key, env),
+        Some(names) => {
+            let mut parts: Vec<&[u8]> = vec![b"env+imported"];
+            for n in names {
+                parts.push(n.as_bytes());
+            }
+            parts.push(b"own");
+            for (k, v) in env {
+                parts.push(k.as_bytes());
+                parts.push(v.as_bytes());
+            }
+            hmac_hex(key, &parts)
+        }
+    };
     let mut lines = vec![
         "tenant-operator-revision v1".to_string(),
         format!("image {}", e(image)),
@@ -143,6 +176,9 @@ pub fn build(
     for h in &container.extra_hosts {
         lines.push(format!("host {} {}", e(&h.hostname), e(&h.ip)));
     }
+    if imported_env_names.is_some() {
+        lines.push("importedenv 1".to_string());
+    }
     for (k, v) in env {
         lines.push(format!("env {} {}", e(k), e(v)));
     }
@@ -152,6 +188,11 @@ pub fn build(
     }
     let id = hmac_hex(key, &[b"revision", value.as_bytes()]);
     Ok(DesiredRevision { id, env_revision: env_rev, value })
+}
+
+/// Name of the parameter an adopted host writes its hand-run container's env to (once).
+pub fn imported_env_parameter(root: &str, slug: &str) -> String {
+    format!("{}/{}/imported-env", root.trim_end_matches('/'), slug)
 }
 
 /// Name of a revision's parameter.
@@ -211,5 +252,23 @@ mod tests {
         let mut big = BTreeMap::new();
         big.insert("B".to_string(), "x".repeat(9000));
         assert!(matches!(build(b"k", &c, "r/app", D, &big, &rollout()), Err(RevisionError::TooLarge(_))));
+    }
+
+    #[test]
+    fn an_import_is_named_in_the_value_and_the_env_revision() {
+        let c = ContainerSpec::default();
+        let env = BTreeMap::new();
+        let plain = build(b"k", &c, "r/app", D, &env, &rollout()).unwrap();
+        let names = vec!["ORG_SLUG".to_string(), "SECRET".to_string()];
+        let imp = build_with_import(b"k", &c, "r/app", D, &env, Some(&names), &rollout()).unwrap();
+        assert!(imp.value.lines().any(|l| l == "importedenv 1"));
+        assert!(!plain.value.contains("importedenv"));
+        assert_ne!(plain.env_revision, imp.env_revision);
+        assert_ne!(plain.id, imp.id);
+        let fewer = vec!["ORG_SLUG".to_string()];
+        let other = build_with_import(b"k", &c, "r/app", D, &env, Some(&fewer), &rollout()).unwrap();
+        assert_ne!(other.env_revision, imp.env_revision);
+        let bad = vec!["A=B".to_string()];
+        assert!(build_with_import(b"k", &c, "r/app", D, &env, Some(&bad), &rollout()).is_err());
     }
 }
