@@ -314,6 +314,12 @@ impl Stack {
         resp.error_for_status()?.json().await.context("decoding the timeline")
     }
 
+    /// The simulator's view of one host (`GET /_sim/hosts/<id>`), its legacy cron included.
+    pub async fn host_info(&self, instance: &str) -> Result<Value> {
+        let resp = self.http.get(format!("{}/_sim/hosts/{instance}", self.ssm_url)).send().await.context("GET host")?;
+        resp.error_for_status()?.json().await.context("decoding the host")
+    }
+
     /// POSTs JSON to the simulator's admin API (`/_sim/...`) and returns its JSON answer.
     pub async fn sim_post(&self, path: &str, body: Value) -> Result<Value> {
         let resp = self
