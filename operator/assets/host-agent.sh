@@ -152,7 +152,7 @@ load_revision() {
   local file="$1" kind a b c
   R_IMAGE=""; R_DIGEST=""; R_ENVREV=""; R_NAME=""; R_PORT_BLUE=""; R_PORT_GREEN=""; R_PORT_ROUTING=""
   R_CPORT=""; R_HEALTH="/health"; R_TIMEOUT=60; R_STRATEGY=inplace; R_KEEPWARM=600; R_RESTART=unless-stopped
-  RUN_ARGS=(); ENV_KEYS=(); R_IMPORTED=0
+  RUN_ARGS=(); ENV_KEYS=(); R_IMPORTED=0; R_LOGIN_HOST=""; R_LOGIN_USER=""; R_LOGIN_PASS=""
   head -n 1 "$file" | grep -qx 'tenant-operator-revision v1' || return 1
   while IFS=' ' read -r kind a b c; do
     case "$kind" in
@@ -174,6 +174,7 @@ load_revision() {
       host) RUN_ARGS+=(--add-host "$(b64d "$a"):$(b64d "$b")") ;;
       env) ENV_KEYS+=("$a") ;;
       importedenv) [ "$a" = 1 ] && R_IMPORTED=1 ;;
+      login) R_LOGIN_HOST="$(b64d "$a")"; R_LOGIN_USER="$(b64d "$b")"; R_LOGIN_PASS="$(b64d "$c")" ;;
     esac
   done < "$file"
   [ -n "$R_IMAGE" ] && [ -n "$R_DIGEST" ] && [ -n "$R_NAME" ] || return 1
@@ -194,6 +195,18 @@ fetch_imported() {
 }
 # The imported env lines come first: the revision's own env (spec env, envFrom) overrides them.
 imported_env_lines() { if [ "$R_IMPORTED" = 1 ]; then grep '^env ' "$WORK/imported-env"; fi; return 0; }
+
+# registry_login: logs in to the image's own registry with the revision's login, if it carries one.
+# The password goes to docker on stdin: never an argument, never the log.
+registry_login() {
+  [ -n "$R_LOGIN_HOST" ] || return 0
+  [[ "$R_LOGIN_HOST" =~ ^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$ ]] || { log "registry login: bad host"; return 1; }
+  [[ "$R_LOGIN_USER" =~ ^[^[:space:][:cntrl:]]{1,256}$ ]] || { log "registry login: bad user name"; return 1; }
+  case "$R_IMAGE" in "$R_LOGIN_HOST"/*) ;; *) log "registry login: not the image's registry"; return 1 ;; esac
+  printf '%s' "$R_LOGIN_PASS" | docker login --username "$R_LOGIN_USER" --password-stdin "$R_LOGIN_HOST" >/dev/null 2>&1 \
+    || { log "registry login to $R_LOGIN_HOST failed"; return 1; }
+  log "logged in to $R_LOGIN_HOST as $R_LOGIN_USER"
+}
 
 slot_port() { if [ "$1" = green ]; then printf '%s' "$R_PORT_GREEN"; else printf '%s' "$R_PORT_BLUE"; fi; }
 slot_container() {
@@ -544,6 +557,7 @@ if [ "$R_STRATEGY" = bluegreen ]; then
   if [ "$warm" = true ]; then
     log "switch-back: the $TARGET_SLOT slot still runs $AGENT_REVISION warm; no pull, no start"
   else
+    registry_login || report error registry-login-failed
     if ! docker pull "$R_IMAGE@$R_DIGEST" >/dev/null; then report error pull-failed; fi
     start_slot "$AGENT_REVISION" "$REVFILE" "$TARGET_SLOT" || { docker rm -f "$R_NAME-$TARGET_SLOT" >/dev/null 2>&1; report error start-failed; }
   fi
@@ -564,6 +578,7 @@ fi
 
 # In place: pull by digest, stop, run in the active slot, health; on failure run the previous again.
 SLOT="${ACTIVE:-blue}"
+registry_login || report error registry-login-failed
 if ! docker pull "$R_IMAGE@$R_DIGEST" >/dev/null; then report error pull-failed; fi
 STARTED=true
 start_slot "$AGENT_REVISION" "$REVFILE" "$SLOT" || STARTED=false

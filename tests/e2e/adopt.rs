@@ -274,3 +274,49 @@ async fn dry_run_changes_nothing_and_a_release_restores_the_cron() {
     let sent = actions(&bed, &id).await;
     assert!(sent.iter().any(|a| a == "unadopt") && !sent.iter().any(|a| a == "apply"), "{sent:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_login_reaches_the_host_only_through_parameter_store() {
+    let bed = Bed::start().await.unwrap();
+    let d0 = bed.stack.push_image("platform-tenant", "staging", &[("sim.health", "healthy")], false).await.unwrap();
+    channel_at(&bed, "staging", &d0).await;
+    let password = unique("pull-pw-");
+    let doc = json!({"auths": {
+        bed.stack.registry.clone(): {"username": "puller", "password": password},
+        "other.example.com": {"username": "elsewhere", "password": "not-for-this-registry"}
+    }})
+    .to_string();
+    crate::apply::secret(&bed, "pull", &[(".dockerconfigjson", &doc)]).await;
+    let id = tenant_operator::demo::launch_managed(&bed.stack, "gamma", &[], HostState::Fresh).await.unwrap();
+    bed.create::<Tenant>(tenant_json("gamma", &id, json!({"container": {"imagePullSecret": {"name": "pull"}}})))
+        .await
+        .unwrap();
+    bed.wait_tenant("gamma", Duration::from_secs(90), "Ready=True Converged", converged).await.unwrap();
+    // The host logged in (docker keeps the login, as ~/.docker/config.json would), for that registry only.
+    let auth_file = bed.stack.host_dir(&id).join("var/lib/docker-sim/auth.json");
+    let auth: Value = serde_json::from_slice(&std::fs::read(&auth_file).unwrap()).unwrap();
+    assert_eq!(auth[&bed.stack.registry]["username"], json!("puller"));
+    assert!(auth.get("other.example.com").is_none());
+    let cmds = std::fs::read_to_string(bed.stack.host_dir(&id).join("var/lib/docker-sim/commands.log")).unwrap();
+    assert!(cmds.contains("docker login --username puller --password-stdin"), "{cmds}");
+
+    let needles = [password.clone(), b64(&password), "not-for-this-registry".to_string()];
+    let find = |what: &str, hay: &[u8]| {
+        for n in &needles {
+            assert!(!contains(hay, n.as_bytes()), "{n:?} found in {what}");
+        }
+    };
+    find("the command timeline", bed.stack.timeline().await.unwrap().to_string().as_bytes());
+    find("tenant status", serde_json::to_string(&bed.tenants().get("gamma").await.unwrap().status).unwrap().as_bytes());
+    let ev: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::all(bed.client.clone());
+    find("events", serde_json::to_string(&ev.list(&ListParams::default()).await.unwrap().items).unwrap().as_bytes());
+    let mut files = Vec::new();
+    files_under(&bed.stack.workdir, &mut files);
+    for f in &files {
+        if f == &auth_file {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(f) else { continue };
+        find(&f.display().to_string(), &bytes);
+    }
+}

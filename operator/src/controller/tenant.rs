@@ -43,7 +43,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             store
                 .state()
                 .into_iter()
-                .filter(|t| t.namespace() == ns && t.spec.container.env_from.iter().any(|e| e.secret_ref.name == name))
+                .filter(|t| {
+                    t.namespace() == ns
+                        && (t.spec.container.env_from.iter().any(|e| e.secret_ref.name == name)
+                            || t.spec.container.image_pull_secret.as_ref().is_some_and(|r| r.name == name))
+                })
                 .map(|t| kube::runtime::reflector::ObjectRef::from_obj(&*t))
                 .collect::<Vec<_>>()
         })
@@ -575,7 +579,46 @@ impl Tenant {
             None => self.spec.container.clone(),
         };
         let names = imported.map(|i| i.env_names.as_slice());
-        Ok(self.build_revision(ctx, &container, image, &target.digest, &env, names, &rollout))
+        let login = match self.registry_login(ctx, ns, image).await? {
+            Ok(l) => l,
+            Err(c) => return Ok(Err(c)),
+        };
+        let extras = revision::Extras { imported_env_names: names, registry_login: login.as_ref() };
+        Ok(self.build_revision(ctx, &container, image, &target.digest, &env, extras, &rollout))
+    }
+
+    /// The login for `image`'s registry from `spec.container.imagePullSecret` (its entry for that
+    /// host only), or why it cannot be had.
+    async fn registry_login(
+        &self,
+        ctx: &Context,
+        ns: &str,
+        image: &str,
+    ) -> Result<Result<Option<revision::RegistryLogin>, Cond>, Error> {
+        let Some(r) = &self.spec.container.image_pull_secret else { return Ok(Ok(None)) };
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        let Some(secret) = secrets.get_opt(&r.name).await? else {
+            return Ok(Err(Cond::no(
+                ct::SECRETS_SYNCED,
+                "SecretNotFound",
+                format!("Secret {} (imagePullSecret) does not exist", r.name),
+            )));
+        };
+        let host = revision::registry_host(image);
+        let doc = secret.data.unwrap_or_default().remove(".dockerconfigjson").map(|b| b.0).unwrap_or_default();
+        match crate::registry::credentials_for(&doc, &host) {
+            Ok(Some(c)) => Ok(Ok(Some(revision::RegistryLogin { host, username: c.username, password: c.password }))),
+            Ok(None) => Ok(Err(Cond::no(
+                ct::SECRETS_SYNCED,
+                "NoRegistryLogin",
+                format!("Secret {} has no login for {host}, the image's registry", r.name),
+            ))),
+            Err(e) => Ok(Err(Cond::no(
+                ct::SECRETS_SYNCED,
+                "InvalidPullSecret",
+                format!("Secret {} (imagePullSecret): {e}", r.name),
+            ))),
+        }
     }
 
     /// How a revision reaches the host, from the tenant's policy (or why it cannot be known).
@@ -613,16 +656,13 @@ impl Tenant {
         };
         let container = adoption::merged_container(&self.spec.container, imported);
         let env = BTreeMap::new();
+        let login = match self.registry_login(ctx, ns, &imported.image).await? {
+            Ok(l) => l,
+            Err(c) => return Ok(Err((c.reason, c.message))),
+        };
+        let extras = revision::Extras { imported_env_names: Some(&imported.env_names), registry_login: login.as_ref() };
         Ok(self
-            .build_revision(
-                ctx,
-                &container,
-                &imported.image,
-                &imported.digest,
-                &env,
-                Some(&imported.env_names),
-                &rollout,
-            )
+            .build_revision(ctx, &container, &imported.image, &imported.digest, &env, extras, &rollout)
             .map_err(|c| (c.reason, c.message)))
     }
 
@@ -634,18 +674,10 @@ impl Tenant {
         image: &str,
         digest: &str,
         env: &BTreeMap<String, String>,
-        imported_env_names: Option<&[String]>,
+        extras: revision::Extras<'_>,
         rollout: &Rollout,
     ) -> Result<DesiredRevision, Cond> {
-        match revision::build_with_import(
-            &ctx.settings.env_hmac_key,
-            container,
-            image,
-            digest,
-            env,
-            imported_env_names,
-            rollout,
-        ) {
+        match revision::build_with_import(&ctx.settings.env_hmac_key, container, image, digest, env, extras, rollout) {
             Ok(rev) => Ok(rev),
             Err(e @ revision::RevisionError::InvalidEnvName(_)) => {
                 Err(Cond::no(ct::SECRETS_SYNCED, "InvalidSecretKey", e.to_string()))

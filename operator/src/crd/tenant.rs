@@ -201,6 +201,13 @@ pub struct ContainerSpec {
     /// Mount the host's docker socket into the container (the app manages sibling containers).
     #[serde(default)]
     pub mount_docker_socket: bool,
+
+    /// A `kubernetes.io/dockerconfigjson` Secret (same namespace) with the login for the image's
+    /// registry. Only the entry for the image's own registry host is used; it reaches the host inside
+    /// the revision's SecureString under the tenant's prefix (never in command text), and the host
+    /// logs in with `--password-stdin` before it pulls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<LocalSecretRef>,
 }
 
 impl Default for ContainerSpec {
@@ -218,6 +225,7 @@ impl Default for ContainerSpec {
             labels: BTreeMap::new(),
             extra_hosts: Vec::new(),
             mount_docker_socket: false,
+            image_pull_secret: None,
         }
     }
 }

@@ -91,6 +91,40 @@ pub fn env_revision(key: &[u8], env: &BTreeMap<String, String>) -> String {
     hmac_hex(key, &parts)
 }
 
+/// The login for the image's registry, carried in the revision (a SecureString) to the host.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryLogin {
+    /// Registry host (`ghcr.io`, `registry:5000`): the host of the image, nothing else.
+    pub host: String,
+    /// User name.
+    pub username: String,
+    /// Password or token. Never logged.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin").field("host", &self.host).field("username", &self.username).finish()
+    }
+}
+
+/// What a revision may carry besides the container spec and env.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Extras<'a> {
+    /// Names of the env taken over from an adopted hand-run container (see [`build_with_import`]).
+    pub imported_env_names: Option<&'a [String]>,
+    /// Login for the image's registry.
+    pub registry_login: Option<&'a RegistryLogin>,
+}
+
+/// The registry host of an image reference (`docker.io` when it names none).
+pub fn registry_host(image: &str) -> String {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first.to_string(),
+        _ => "docker.io".to_string(),
+    }
+}
+
 /// Builds the revision for `image@digest` with this env.
 pub fn build(
     key: &[u8],
@@ -100,7 +134,7 @@ pub fn build(
     env: &BTreeMap<String, String>,
     rollout: &Rollout,
 ) -> Result<DesiredRevision, RevisionError> {
-    build_with_import(key, container, image, digest, env, None, rollout)
+    build_with_import(key, container, image, digest, env, Extras::default(), rollout)
 }
 
 /// Builds the revision of an adopted tenant: the env taken over from its hand-run container (held
@@ -113,9 +147,10 @@ pub fn build_with_import(
     image: &str,
     digest: &str,
     env: &BTreeMap<String, String>,
-    imported_env_names: Option<&[String]>,
+    extras: Extras<'_>,
     rollout: &Rollout,
 ) -> Result<DesiredRevision, RevisionError> {
+    let imported_env_names = extras.imported_env_names;
     if let Some(bad) = env.keys().find(|k| !valid_env_name(k)) {
         return Err(RevisionError::InvalidEnvName(bad.clone()));
     }
@@ -178,6 +213,9 @@ pub fn build_with_import(
     }
     if imported_env_names.is_some() {
         lines.push("importedenv 1".to_string());
+    }
+    if let Some(l) = extras.registry_login {
+        lines.push(format!("login {} {} {}", e(&l.host), e(&l.username), e(&l.password)));
     }
     for (k, v) in env {
         lines.push(format!("env {} {}", e(k), e(v)));
@@ -260,15 +298,59 @@ mod tests {
         let env = BTreeMap::new();
         let plain = build(b"k", &c, "r/app", D, &env, &rollout()).unwrap();
         let names = vec!["ORG_SLUG".to_string(), "SECRET".to_string()];
-        let imp = build_with_import(b"k", &c, "r/app", D, &env, Some(&names), &rollout()).unwrap();
+        let imp = build_with_import(
+            b"k",
+            &c,
+            "r/app",
+            D,
+            &env,
+            Extras { imported_env_names: Some(&names), ..Default::default() },
+            &rollout(),
+        )
+        .unwrap();
         assert!(imp.value.lines().any(|l| l == "importedenv 1"));
         assert!(!plain.value.contains("importedenv"));
         assert_ne!(plain.env_revision, imp.env_revision);
         assert_ne!(plain.id, imp.id);
         let fewer = vec!["ORG_SLUG".to_string()];
-        let other = build_with_import(b"k", &c, "r/app", D, &env, Some(&fewer), &rollout()).unwrap();
+        let other = build_with_import(
+            b"k",
+            &c,
+            "r/app",
+            D,
+            &env,
+            Extras { imported_env_names: Some(&fewer), ..Default::default() },
+            &rollout(),
+        )
+        .unwrap();
         assert_ne!(other.env_revision, imp.env_revision);
+        let login = RegistryLogin { host: "r:5000".into(), username: "u".into(), password: "pa$$-w0rd".into() };
+        let with_login = build_with_import(
+            b"k",
+            &c,
+            "r:5000/app",
+            D,
+            &env,
+            Extras { registry_login: Some(&login), ..Default::default() },
+            &rollout(),
+        )
+        .unwrap();
+        assert!(!with_login.value.contains("pa$$-w0rd") && !format!("{login:?}").contains("pa$$"));
+        assert_eq!(with_login.env_revision, plain.env_revision, "a login is no env change");
+        assert_eq!(registry_host("r:5000/app"), "r:5000");
+        assert_eq!(registry_host("library/app"), "docker.io");
         let bad = vec!["A=B".to_string()];
-        assert!(build_with_import(b"k", &c, "r/app", D, &env, Some(&bad), &rollout()).is_err());
+        assert!(
+            build_with_import(
+                b"k",
+                &c,
+                "r/app",
+                D,
+                &env,
+                Extras { imported_env_names: Some(&bad), ..Default::default() },
+                &rollout()
+            )
+            .is_err()
+        );
     }
 }
