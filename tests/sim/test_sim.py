@@ -736,3 +736,20 @@ def test_agent_inspects_adopts_and_releases_a_legacy_host(bed):
         code, body = http_get(f"http://{host['addr']}:8080/health")
         return code == 200 and json.loads(body)["digest"] == digest
     wait_for(cron_took_over, timeout=20, interval=0.2)
+
+
+def test_agent_inspect_drops_what_it_cannot_report_safely(bed):
+    reg.push_image(bed.registry, "platform-tenant", "latest", {"sim.version": "hostile"})
+    host = add_host(bed, org="hostile-org", state="legacy", cron_interval_seconds=3600,
+                    legacy_args=["--label", 'note=$(id)"`x`', "-v", "/srv/a b:/data", "--label", "ok=fine"],
+                    legacy_env={"BAD-NAME": "v", "GOOD": "{{ssm:/other/secret}}"})
+    doc = agent_doc(bed)
+    rep, inv = agent(bed, doc, host, "inspect-legacy")
+    assert rep["status"] == "ok", inv
+    lg = rep["legacy"]
+    assert lg["dropped"] == ["env", "label", "volume"], lg
+    assert lg["labels"] == {"ok": "fine"} and lg["volumes"] == []
+    assert lg["envNames"] == ["GOOD", "ORG_SLUG"]
+    assert "ssm:" not in inv["StandardOutputContent"] and "$(id)" not in inv["StandardOutputContent"]
+    # nothing changed on the host
+    assert rep["managed"] is False and rep["cron"] == "active"
