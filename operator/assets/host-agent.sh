@@ -27,10 +27,13 @@ label() { docker inspect --format "$(tpl "index .Config.Labels \"$2\"")" "$1" 2>
 log() { printf '%s [%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$AGENT_ACTION" "$*"; }
 
 # report STATUS [DETAIL]: the one line of stdout, then exit.
+# LEGACY_JSON (set by inspect-legacy) is an object built by legacy_py from validated values only.
+LEGACY_JSON=""
 report() {
-  local status="$1" detail="${2:-}"
-  printf '{"v":1,"agent":"%s","action":"%s","revision":"%s","status":"%s","detail":"%s",%s}\n' \
-    "$AGENT_VERSION" "$AGENT_ACTION" "$AGENT_REVISION" "$status" "$detail" "$(observe_json)" >&3
+  local status="$1" detail="${2:-}" extra=""
+  [ -n "$LEGACY_JSON" ] && extra=",\"legacy\":$LEGACY_JSON"
+  printf '{"v":1,"agent":"%s","action":"%s","revision":"%s","status":"%s","detail":"%s",%s%s}\n' \
+    "$AGENT_VERSION" "$AGENT_ACTION" "$AGENT_REVISION" "$status" "$detail" "$(observe_json)" "$extra" >&3
   if [ "$status" = "ok" ]; then exit 0; else exit 1; fi
 }
 
@@ -46,7 +49,7 @@ if [ -r "$ROOT/etc/tenant-operator/org" ]; then ORG="$(head -c 64 "$ROOT/etc/ten
 if ! [[ "$ORG" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]]; then ORG=""; fi
 
 case "$AGENT_ACTION" in
-  observe|apply|switch|prune) ;;
+  observe|apply|switch|prune|inspect-legacy|adopt|unadopt) ;;
   *) AGENT_ACTION=invalid; AGENT_REVISION=""; report error bad-action ;;
 esac
 if ! [[ "$AGENT_REVISION" =~ ^[a-z0-9]{0,64}$ ]]; then AGENT_REVISION=""; report error bad-revision; fi
@@ -64,13 +67,20 @@ SMOKE_PATH_RE='^/[A-Za-z0-9._~!$&()*+,;=:@%/?'"'"'-]{0,1023}$'
 slot_json() {
   local slot="$1" id name running digest envrev port health path
   id="$(docker ps -a -q --filter "label=fleet.molecule.ai/slot=$slot" 2>/dev/null | head -n 1)"
+  if [ -z "$id" ] && [ "$slot" = blue ]; then id="$(adopted_id)"; fi
   if [ -z "$id" ]; then printf 'null'; return; fi
   name="$(docker inspect --format "$(tpl .Name)" "$id" 2>/dev/null)"; name="${name#/}"
   running="$(docker inspect --format "$(tpl .State.Running)" "$id" 2>/dev/null)"
-  digest="$(label "$id" fleet.molecule.ai/digest)"
-  envrev="$(label "$id" fleet.molecule.ai/env-revision)"
-  port="$(label "$id" fleet.molecule.ai/port)"
-  path="$(label "$id" fleet.molecule.ai/health-path)"
+  if [ "$id" = "$(adopted_id)" ]; then
+    # The hand-run container the operator adopted: it has no labels; the adoption recorded them.
+    digest="$(cat "$STATE/adopted/digest" 2>/dev/null)"; envrev="$(cat "$STATE/adopted/env-revision" 2>/dev/null)"
+    port="$(cat "$STATE/adopted/port" 2>/dev/null)"; path="$(cat "$STATE/adopted/health-path" 2>/dev/null)"
+  else
+    digest="$(label "$id" fleet.molecule.ai/digest)"
+    envrev="$(label "$id" fleet.molecule.ai/env-revision)"
+    port="$(label "$id" fleet.molecule.ai/port)"
+    path="$(label "$id" fleet.molecule.ai/health-path)"
+  fi
   health=unknown
   if [ "$running" = "true" ] && [[ "$port" =~ $PORT_RE ]] && [[ "$path" =~ ^/[A-Za-z0-9._~/-]*$ ]]; then
     if curl -fsS -o /dev/null --max-time 3 --proto '=http' "http://$ADDR:$port$path"; then health=healthy; else health=unhealthy; fi
@@ -81,16 +91,34 @@ slot_json() {
     "$(safe "$envrev" "$ENVREV_RE")" "$health"
 }
 
-# legacy_json: containers on the host that the operator did not start (today's hand-run app).
-legacy_json() {
-  local ids count=0
-  ids="$(docker ps -q 2>/dev/null)"
-  for id in $ids; do
-    if [ -z "$(label "$id" fleet.molecule.ai/slot)" ]; then
-      count=$((count + 1))
-    fi
+# adopted_id: the full id of the hand-run container an adoption took over, while it exists.
+adopted_id() {
+  local id
+  id="$(cat "$STATE/adopted/id" 2>/dev/null)"
+  [[ "$id" =~ ^[a-f0-9]{64}$ ]] || return 0
+  [ -n "$(docker ps -a -q --no-trunc --filter "id=$id" 2>/dev/null)" ] && printf '%s' "$id"
+}
+
+# legacy_ids: running containers the operator did not start (today's hand-run app), full ids.
+legacy_ids() {
+  local id adopted
+  adopted="$(adopted_id)"
+  for id in $(docker ps -q --no-trunc 2>/dev/null); do
+    [ "$id" = "$adopted" ] && continue
+    [ -z "$(label "$id" fleet.molecule.ai/slot)" ] && printf '%s\n' "$id"
   done
-  printf '%s' "$count"
+}
+legacy_json() { legacy_ids | grep -c . ; }
+
+# The cron auto-updater of today's fleet (seed 000, option B): its entry, and where an adoption puts
+# it aside so that un-adopting can put it back.
+CRON_ENTRY="$ROOT/etc/cron.d/molecule-autoupdate"
+CRON_ASIDE="$STATE/cron-aside/molecule-autoupdate"
+UPDATER="$ROOT/usr/local/bin/molecule-auto-update.sh"
+cron_state() {
+  if [ -f "$CRON_ENTRY" ] && grep -v '^[[:space:]]*#' "$CRON_ENTRY" | grep -q 'molecule-auto-update'; then printf active
+  elif [ -f "$CRON_ENTRY" ] || [ -f "$CRON_ASIDE" ]; then printf disabled
+  else printf absent; fi
 }
 
 observe_json() {
@@ -99,8 +127,9 @@ observe_json() {
   case "$active" in blue|green) ;; *) active="" ;; esac
   applied="$(cat "$STATE/applied-revision" 2>/dev/null)"
   if [ -n "$applied" ]; then managed=true; fi
-  printf '"org":"%s","managed":%s,"applied":"%s","active":"%s","slots":{"blue":%s,"green":%s},"unmanagedContainers":%s' \
-    "$ORG" "$managed" "$(safe "$applied" "$REV_RE")" "$active" "$(slot_json blue)" "$(slot_json green)" "$(legacy_json)"
+  printf '"org":"%s","managed":%s,"applied":"%s","active":"%s","slots":{"blue":%s,"green":%s},"unmanagedContainers":%s,"cron":"%s","adopted":%s' \
+    "$ORG" "$managed" "$(safe "$applied" "$REV_RE")" "$active" "$(slot_json blue)" "$(slot_json green)" "$(legacy_json)" \
+    "$(cron_state)" "$([ -n "$(adopted_id)" ] && printf true || printf false)"
 }
 
 # One command at a time on this host; a second waits for the first.
@@ -125,7 +154,7 @@ load_revision() {
   local file="$1" kind a b c
   R_IMAGE=""; R_DIGEST=""; R_ENVREV=""; R_NAME=""; R_PORT_BLUE=""; R_PORT_GREEN=""; R_PORT_ROUTING=""
   R_CPORT=""; R_HEALTH="/health"; R_TIMEOUT=60; R_STRATEGY=inplace; R_KEEPWARM=600; R_RESTART=unless-stopped
-  RUN_ARGS=(); ENV_KEYS=()
+  RUN_ARGS=(); ENV_KEYS=(); R_IMPORTED=0; R_LOGIN_HOST=""; R_LOGIN_USER=""; R_LOGIN_PASS=""
   head -n 1 "$file" | grep -qx 'tenant-operator-revision v1' || return 1
   while IFS=' ' read -r kind a b c; do
     case "$kind" in
@@ -146,6 +175,8 @@ load_revision() {
       label) RUN_ARGS+=(--label "$(b64d "$a")=$(b64d "$b")") ;;
       host) RUN_ARGS+=(--add-host "$(b64d "$a"):$(b64d "$b")") ;;
       env) ENV_KEYS+=("$a") ;;
+      importedenv) [ "$a" = 1 ] && R_IMPORTED=1 ;;
+      login) R_LOGIN_HOST="$(b64d "$a")"; R_LOGIN_USER="$(b64d "$b")"; R_LOGIN_PASS="$(b64d "$c")" ;;
     esac
   done < "$file"
   [ -n "$R_IMAGE" ] && [ -n "$R_DIGEST" ] && [ -n "$R_NAME" ] || return 1
@@ -154,8 +185,38 @@ load_revision() {
   return 0
 }
 
+# An adopted tenant's revisions name the env taken over from the hand-run container: one write-once
+# SecureString under this host's own prefix, written by the host itself (never by the operator).
+IMPORTED_ENV_PARAM="imported-env"
+fetch_imported() {
+  [ "$R_IMPORTED" = 1 ] || return 0
+  [ -s "$WORK/imported-env" ] && return 0
+  aws ssm get-parameter --with-decryption --name "$PARAM_ROOT/$ORG/$IMPORTED_ENV_PARAM" \
+    --query Parameter.Value --output text > "$WORK/imported-env" 2>>"$LOGFILE" \
+    && head -n 1 "$WORK/imported-env" | grep -qx 'tenant-operator-env v1'
+}
+# The imported env lines come first: the revision's own env (spec env, envFrom) overrides them.
+imported_env_lines() { if [ "$R_IMPORTED" = 1 ]; then grep '^env ' "$WORK/imported-env"; fi; return 0; }
+
+# registry_login: logs in to the image's own registry with the revision's login, if it carries one.
+# The password goes to docker on stdin: never an argument, never the log.
+registry_login() {
+  [ -n "$R_LOGIN_HOST" ] || return 0
+  [[ "$R_LOGIN_HOST" =~ ^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$ ]] || { log "registry login: bad host"; return 1; }
+  [[ "$R_LOGIN_USER" =~ ^[^[:space:][:cntrl:]]{1,256}$ ]] || { log "registry login: bad user name"; return 1; }
+  case "$R_IMAGE" in "$R_LOGIN_HOST"/*) ;; *) log "registry login: not the image's registry"; return 1 ;; esac
+  printf '%s' "$R_LOGIN_PASS" | docker login --username "$R_LOGIN_USER" --password-stdin "$R_LOGIN_HOST" >/dev/null 2>&1 \
+    || { log "registry login to $R_LOGIN_HOST failed"; return 1; }
+  log "logged in to $R_LOGIN_HOST as $R_LOGIN_USER"
+}
+
 slot_port() { if [ "$1" = green ]; then printf '%s' "$R_PORT_GREEN"; else printf '%s' "$R_PORT_BLUE"; fi; }
-slot_container() { docker ps -a -q --filter "label=fleet.molecule.ai/slot=$1" 2>/dev/null | head -n 1; }
+slot_container() {
+  local id
+  id="$(docker ps -a -q --filter "label=fleet.molecule.ai/slot=$1" 2>/dev/null | head -n 1)"
+  if [ -z "$id" ] && [ "$1" = blue ]; then id="$(adopted_id)"; fi
+  printf '%s' "$id"
+}
 
 # multiline_unsafe NAME: names under which a multi-line value cannot be passed. Such a value reaches
 # docker through the CLI's own environment (`-e KEY`), so the name must mean nothing to this shell
@@ -184,6 +245,11 @@ start_slot() {
   old="$(slot_container "$slot")"
   [ -n "$old" ] && docker rm -f "$old" >/dev/null 2>&1
   docker rm -f "$name" >/dev/null 2>&1
+  # An adopted host's blue slot is where the hand-run container lived; one started again by hand
+  # under its old name (a changed host, drift) is replaced too.
+  if [ "$slot" = blue ] && [ -f "$STATE/adopted/name" ]; then
+    old="$(cat "$STATE/adopted/name")"; [[ "$old" =~ $NAME_RE ]] && docker rm -f "$old" >/dev/null 2>&1
+  fi
   envfile="$(mktemp "$WORK/env.XXXXXX")" || return 1
   (
     set +u
@@ -204,7 +270,7 @@ start_slot() {
       else
         printf '%s=%s\n' "$key" "$value" >> "$envfile" || exit 3
       fi
-    done < "$file"
+    done < <(imported_env_lines; cat "$file")
     docker "${args[@]}" "$R_IMAGE@$R_DIGEST" >/dev/null
   )
   rc=$?
@@ -310,11 +376,161 @@ prune_images() {
   done
 }
 
+
+# --- adoption of today's hand-run container ---------------------------------------------------
+
+# legacy_py MODE CONTAINER.json IMAGE.json [OUT]: reads `docker inspect` output. `inspect` prints one
+# compact JSON object of what `docker run` was given, env var NAMES only, each value checked against
+# a strict pattern (anything else is dropped and named in "dropped"). `env` writes the container's
+# env (less the image's own defaults) in the revision's base64 line format to OUT, never to stdout.
+LEGACY_PY='
+import base64, json, re, sys
+mode, cpath, ipath = sys.argv[1], sys.argv[2], sys.argv[3]
+c = json.load(open(cpath))[0]
+try:
+    img = json.load(open(ipath))[0]
+except (ValueError, IndexError, OSError):
+    img = dict()
+cfg, hc, icfg = c.get("Config") or dict(), c.get("HostConfig") or dict(), img.get("Config") or dict()
+image_env = set(icfg.get("Env") or [])
+env = [e for e in (cfg.get("Env") or []) if e not in image_env]
+ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+def b64(s):
+    return base64.b64encode(s.encode("utf-8", "surrogateescape")).decode()
+if mode == "env":
+    with open(sys.argv[4], "w") as out:
+        out.write("tenant-operator-env v1\n")
+        for e in env:
+            k, _, v = e.partition("=")
+            if ENV.match(k):
+                out.write("env %s %s\n" % (b64(k), b64(v)))
+    sys.exit(0)
+dropped = []
+def ok(pattern, value, what):
+    if isinstance(value, str) and re.fullmatch(pattern, value):
+        return True
+    dropped.append(what)
+    return False
+PATH = r"/[A-Za-z0-9._/@+-]{0,511}"
+o = dict()
+name = (c.get("Name") or "").lstrip("/")
+o["container"] = name if ok(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}", name, "container") else ""
+ref = cfg.get("Image") or ""
+repo = ref.split("@")[0]
+last = repo.rsplit("/", 1)[-1]
+if ":" in last:
+    repo = repo[: len(repo) - len(last)] + last.split(":")[0]
+digest, image = "", ""
+for rd in img.get("RepoDigests") or []:
+    r, _, d = rd.partition("@")
+    if r == repo or not digest:
+        digest, image = d, r
+o["digest"] = digest if ok(r"sha256:[a-f0-9]{64}", digest, "digest") else ""
+o["image"] = image if ok(r"[a-z0-9][a-z0-9._:/-]{0,254}", image, "image") else ""
+o["envNames"] = sorted(set(k for k in (e.partition("=")[0] for e in env) if ok(ENV.pattern[1:-1], k, "env")))
+ports = []
+for key, binds in sorted((hc.get("PortBindings") or dict()).items()):
+    cport, _, proto = key.partition("/")
+    for b in binds or []:
+        hp = b.get("HostPort") or ""
+        if proto == "tcp" and ok(r"[0-9]{1,5}", cport, "port") and ok(r"[0-9]{1,5}", hp, "port"):
+            ports.append(dict(host=int(hp), container=int(cport)))
+o["ports"] = ports
+vols, sock = [], False
+for b in hc.get("Binds") or []:
+    parts = b.split(":")
+    if len(parts) >= 2 and parts[0] == "/var/run/docker.sock" and parts[1] == "/var/run/docker.sock":
+        sock = True
+        continue
+    if len(parts) in (2, 3) and ok(PATH, parts[0], "volume") and ok(PATH, parts[1], "volume") \
+            and ".." not in parts[0].split("/") + parts[1].split("/"):
+        vols.append(dict(hostPath=parts[0], containerPath=parts[1], readOnly="ro" in parts[2:]))
+    elif len(parts) not in (2, 3):
+        dropped.append("volume")
+o["volumes"] = vols
+o["mountDockerSocket"] = sock
+net = hc.get("NetworkMode") or "bridge"
+o["network"] = "bridge" if net == "default" else net if ok(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}", net, "network") else ""
+rp = (hc.get("RestartPolicy") or dict()).get("Name") or "no"
+o["restartPolicy"] = rp if ok(r"no|always|unless-stopped|on-failure", rp, "restartPolicy") else ""
+hosts = []
+for h in hc.get("ExtraHosts") or []:
+    hn, _, ip = h.partition(":")
+    if ok(r"[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?", hn, "extraHost") and \
+            ok(r"[0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]+|host-gateway", ip, "extraHost"):
+        hosts.append(dict(hostname=hn, ip=ip))
+o["extraHosts"] = hosts
+image_labels = icfg.get("Labels") or dict()
+labels = dict()
+for k, v in sorted((cfg.get("Labels") or dict()).items()):
+    if image_labels.get(k) == v or k.startswith("fleet.molecule.ai/"):
+        continue
+    if ok(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}", k, "label") and ok(r"[A-Za-z0-9._:/@+= -]{0,256}", v, "label"):
+        labels[k] = v
+o["labels"] = labels
+o["dropped"] = sorted(set(dropped))
+print(json.dumps(o, separators=(",", ":"), sort_keys=True))
+'
+
+# legacy_one: the one hand-run container to adopt, or a failure detail on stdout and status 1.
+legacy_one() {
+  local ids n
+  ids="$(legacy_ids)"; n="$(printf '%s' "$ids" | grep -c .)"
+  if [ "$n" = 0 ]; then printf 'no-legacy-container'; return 1; fi
+  if [ "$n" != 1 ]; then printf 'several-legacy-containers'; return 1; fi
+  printf '%s' "$ids"
+}
+
+# legacy_files ID DIR: `docker inspect` of the container and its image into DIR.
+legacy_files() {
+  docker inspect "$1" > "$2/container.json" 2>/dev/null || return 1
+  docker inspect --type image "$(docker inspect --format "$(tpl .Image)" "$1" 2>/dev/null)" > "$2/image.json" 2>/dev/null
+  return 0
+}
+
+# updater_quiet: waits (up to 2 minutes) for a running auto-updater to finish, once its entry is gone.
+updater_quiet() {
+  local deadline=$(( $(date +%s) + 120 ))
+  while pgrep -f "$UPDATER" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || return 1
+    sleep 0.5
+  done
+}
+cron_aside() {
+  [ -f "$CRON_ENTRY" ] || return 0
+  mkdir -p "$(dirname "$CRON_ASIDE")" && mv -f "$CRON_ENTRY" "$CRON_ASIDE" && log "cron auto-updater entry moved aside"
+}
+cron_restore() {
+  [ -f "$CRON_ASIDE" ] || return 0
+  [ -f "$CRON_ENTRY" ] && { log "a cron entry exists again; the one set aside stays aside"; return 0; }
+  mkdir -p "$(dirname "$CRON_ENTRY")" && mv -f "$CRON_ASIDE" "$CRON_ENTRY" && log "cron auto-updater entry restored"
+}
+
 retire_expired
 
 case "$AGENT_ACTION" in
   observe) report ok "" ;;
   prune) prune_images; report ok "" ;;
+  inspect-legacy)
+    # Read-only: what the hand-run container runs and how it was started. Nothing changes.
+    id="$(legacy_one)" || report error "$id"
+    WORK="$(mktemp -d "$STATE/inspect.XXXXXX")"; trap 'rm -rf "$WORK"' EXIT
+    legacy_files "$id" "$WORK" || report error inspect-failed
+    LEGACY_JSON="$(python3 -c "$LEGACY_PY" inspect "$WORK/container.json" "$WORK/image.json" 2>>"$LOGFILE")" \
+      || { LEGACY_JSON=""; report error inspect-failed; }
+    report ok inspected ;;
+  unadopt)
+    # Hands the host back to the cron auto-updater: the entry returns, the markers go, containers stay.
+    name="$(cat "$STATE/adopted/name" 2>/dev/null)"
+    if [[ "$name" =~ $NAME_RE ]] && [ -z "$(docker ps -a -q --filter "name=^$name\$" 2>/dev/null)" ]; then
+      active="$(cat "$STATE/active-slot" 2>/dev/null)"; case "$active" in blue|green) ;; *) active=blue ;; esac
+      id="$(slot_container "$active")"
+      [ -n "$id" ] && docker rename "$id" "$name" >/dev/null 2>&1 && log "the serving container is $name again"
+    fi
+    cron_restore
+    rm -rf "$STATE/adopted" "$STATE/applied-revision" "$STATE/active-slot"
+    log "released: the operator no longer manages this host"
+    report ok released ;;
 esac
 
 # --- apply / switch ------------------------------------------------------------------------
@@ -326,6 +542,48 @@ trap 'rm -rf "$WORK"' EXIT
 REVFILE="$WORK/desired"
 if ! fetch_revision "$AGENT_REVISION" "$REVFILE"; then report error revision-unreadable; fi
 if ! load_revision "$REVFILE"; then report error revision-invalid; fi
+
+if [ "$AGENT_ACTION" = adopt ]; then
+  # Takes over the hand-run container without stopping it: the cron entry goes aside first (and any
+  # run of the updater finishes), the container must still run the digest the revision was built
+  # from, its env is stored by this host under its own prefix (values never reach stdout, the log or
+  # the command), then the markers make the host managed with the container in the blue slot.
+  if [ "$APPLIED" = "$AGENT_REVISION" ] && [ -n "$(adopted_id)" ]; then report ok already-adopted; fi
+  if [ -n "$APPLIED" ]; then report error already-managed; fi
+  fail() { cron_restore; report error "$1"; }
+  cron_aside || fail cron-not-disabled
+  updater_quiet || fail updater-still-running
+  id="$(legacy_one)" || fail "$id"
+  legacy_files "$id" "$WORK" || fail inspect-failed
+  seen="$(python3 -c "$LEGACY_PY" inspect "$WORK/container.json" "$WORK/image.json" 2>>"$LOGFILE")" || fail inspect-failed
+  [[ "$seen" == *"\"digest\":\"$R_DIGEST\""* ]] || fail legacy-changed
+  python3 -c "$LEGACY_PY" env "$WORK/container.json" "$WORK/image.json" "$WORK/env-import" 2>>"$LOGFILE" || fail env-export-failed
+  tier=Standard; [ "$(wc -c < "$WORK/env-import")" -gt 4096 ] && tier=Advanced
+  if ! aws ssm put-parameter --name "$PARAM_ROOT/$ORG/$IMPORTED_ENV_PARAM" --type SecureString --tier "$tier" \
+      --value "file://$WORK/env-import" >/dev/null 2>"$WORK/put.err"; then
+    if grep -q ParameterAlreadyExists "$WORK/put.err"; then
+      # Write-once: an earlier adoption stored it. It must hold what the container runs with now.
+      fetch_imported_any() { aws ssm get-parameter --with-decryption --name "$PARAM_ROOT/$ORG/$IMPORTED_ENV_PARAM" --query Parameter.Value --output text 2>>"$LOGFILE"; }
+      [ "$(fetch_imported_any)" = "$(cat "$WORK/env-import")" ] || fail imported-env-differs
+      log "the imported env was stored by an earlier adoption and is unchanged"
+    else
+      cat "$WORK/put.err" >> "$LOGFILE"; fail env-store-failed
+    fi
+  fi
+  rm -f "$WORK/env-import"
+  mkdir -p "$STATE/adopted"
+  printf '%s' "$id" > "$STATE/adopted/id"
+  printf '%s' "${seen#*\"container\":\"}" | cut -d'"' -f1 > "$STATE/adopted/name"
+  printf '%s' "$R_DIGEST" > "$STATE/adopted/digest"
+  printf '%s' "$R_ENVREV" > "$STATE/adopted/env-revision"
+  printf '%s' "$R_PORT_BLUE" > "$STATE/adopted/port"
+  printf '%s' "$R_HEALTH" > "$STATE/adopted/health-path"
+  printf '%s' blue > "$STATE/active-slot"
+  printf '%s' "$AGENT_REVISION" > "$STATE/applied-revision"
+  log "adopted container ${id:0:12} as revision $AGENT_REVISION in the blue slot; it kept serving"
+  report ok adopted
+fi
+if [ "$R_IMPORTED" = 1 ] && ! fetch_imported; then report error imported-env-unreadable; fi
 
 ACTIVE="$(cat "$STATE/active-slot" 2>/dev/null)"
 case "$ACTIVE" in blue|green) ;; *) ACTIVE="" ;; esac
@@ -348,6 +606,7 @@ if [ "$R_STRATEGY" = bluegreen ]; then
   if [ "$warm" = true ]; then
     log "switch-back: the $TARGET_SLOT slot still runs $AGENT_REVISION warm; no pull, no start"
   else
+    registry_login || report error registry-login-failed
     if ! docker pull "$R_IMAGE@$R_DIGEST" >/dev/null; then report error pull-failed; fi
     start_slot "$AGENT_REVISION" "$REVFILE" "$TARGET_SLOT" || { docker rm -f "$R_NAME-$TARGET_SLOT" >/dev/null 2>&1; report error start-failed; }
   fi
@@ -372,6 +631,7 @@ fi
 
 # In place: pull by digest, stop, run in the active slot, health; on failure run the previous again.
 SLOT="${ACTIVE:-blue}"
+registry_login || report error registry-login-failed
 if ! docker pull "$R_IMAGE@$R_DIGEST" >/dev/null; then report error pull-failed; fi
 STARTED=true
 start_slot "$AGENT_REVISION" "$REVFILE" "$SLOT" || STARTED=false
@@ -388,7 +648,7 @@ if [ -z "$FAILURE" ]; then
   report ok applied
 fi
 log "revision $AGENT_REVISION: $FAILURE"
-if [ -n "$APPLIED" ] && fetch_revision "$APPLIED" "$WORK/previous" && load_revision "$WORK/previous"; then
+if [ -n "$APPLIED" ] && fetch_revision "$APPLIED" "$WORK/previous" && load_revision "$WORK/previous" && fetch_imported; then
   start_slot "$APPLIED" "$WORK/previous" "$SLOT"
   rm -f "$WORK/previous"
   wait_healthy "$SLOT" && log "rolled back to $APPLIED"

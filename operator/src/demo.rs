@@ -26,6 +26,10 @@ pub struct DemoArgs {
     /// Production tenants in the simulated fleet (channel `stable`, promoted from `staging`).
     #[arg(long, default_value_t = 21)]
     pub production: usize,
+    /// Hosts set up as today's fleet is (a hand-run container and the cron auto-updater); the demo
+    /// shows what adopting them would do (`adopt --dry-run`), then adopts them.
+    #[arg(long, default_value_t = 2)]
+    pub legacy: usize,
     /// Stop by itself after this many seconds (0: run until interrupted).
     #[arg(long, default_value_t = 0)]
     pub seconds: u64,
@@ -54,6 +58,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!("registry {}: platform-tenant:staging = {digest}", stack.registry);
 
     seed_objects(&client, &stack, args.canaries, args.production).await?;
+    if args.legacy > 0 {
+        // Today's fleet follows `:latest` with its cron; the channel follows `staging`.
+        stack
+            .push_image("platform-tenant", "latest", &[("sim.health", "healthy"), ("sim.version", "0.9.0")], false)
+            .await?;
+        seed_legacy(&client, &stack, args.legacy).await?;
+    }
+    let mut adopting = args.legacy == 0;
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -91,6 +103,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let org00_env = env_revision(&client, "org-00").await;
         // The story: everyone converges; one tenant's secret rotates; a new image is pushed and
         // rolls out: canaries, the soak, stable promoted, production in batches.
+        if !adopting && legacy_inspected(&client, args.legacy).await {
+            adopting = true;
+            eprintln!("== legacy hosts inspected (read-only). tenant-operator adopt --dry-run says:");
+            eprintln!("{}", crate::adopt::dry_run(client.clone(), Some("fleet")).await?);
+            eprintln!(
+                "== adopting them (spec.adoption: Adopt): the hand-run containers keep serving, the cron goes off"
+            );
+            let tenants: Api<Tenant> = Api::namespaced(client.clone(), "fleet");
+            let patch = serde_json::json!({"spec": {"adoption": "Adopt"}});
+            for i in 0..args.legacy {
+                tenants
+                    .patch(&format!("old-{i:02}"), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+                    .await?;
+            }
+        }
         if all_ready && step == 0 {
             step = 1;
             eprintln!("{}", progress(&client).await.unwrap_or_default());
@@ -293,6 +320,46 @@ async fn rollout_summary(client: &kube::Client) -> anyhow::Result<String> {
         }
     }
     Ok(parts.join(" | "))
+}
+
+/// Legacy tenants `old-NN`: hosts with a hand-run container, env frozen at first boot and the cron
+/// auto-updater; their Tenants start with `spec.adoption: Off` (inspected, never touched).
+async fn seed_legacy(client: &kube::Client, stack: &Stack, n: usize) -> anyhow::Result<()> {
+    let settings = Settings::default();
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), "fleet");
+    for i in 0..n {
+        let slug = format!("old-{i:02}");
+        let tags = [(settings.managed_tag.as_str(), "true"), (settings.org_tag.as_str(), slug.as_str())];
+        let id = stack
+            .launch_host_with(
+                &slug,
+                &tags,
+                HostState::Legacy,
+                serde_json::json!({"legacy_env": {"MOLECULE_CP_SHARED_SECRET": format!("frozen-at-boot-{i}")},
+                                   "legacy_args": ["-v", "/srv/tenant-data:/data"],
+                                   "cron_interval_seconds": 10}),
+            )
+            .await?;
+        let tenant: Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": slug},
+            "spec": {"slug": slug, "instance": {"id": id}, "channel": "staging", "tier": "production",
+                     "rolloutPolicy": "default", "adoption": "Off"}
+        }))?;
+        tenants.create(&PostParams::default(), &tenant).await?;
+    }
+    Ok(())
+}
+
+async fn legacy_inspected(client: &kube::Client, n: usize) -> bool {
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), "fleet");
+    for i in 0..n {
+        let Ok(Some(t)) = tenants.get_opt(&format!("old-{i:02}")).await else { return false };
+        if t.status.and_then(|s| s.adoption).and_then(|a| a.imported).is_none() {
+            return false;
+        }
+    }
+    true
 }
 
 async fn env_revision(client: &kube::Client, name: &str) -> Option<String> {

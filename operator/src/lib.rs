@@ -3,6 +3,7 @@
 //! The crate is split the way linkerd2's policy-controller is: pure decisions with no Kubernetes or
 //! AWS dependency (`core`), the API types (`crd`), and thin adapters around them.
 
+pub mod adopt;
 pub mod aws;
 pub mod controller;
 pub mod core;

@@ -30,6 +30,16 @@ enum Command {
     /// coordinator acknowledges in status, so it acts once): promote (end the soak now), pause,
     /// resume, abort (moved tenants go back; the digest is rejected), retry, emergency.
     Rollout(RolloutArgs),
+    /// Show, per tenant, what adopting its hand-run host would import and change (`--dry-run`).
+    /// Adoption itself is `spec.adoption: Adopt` on the Tenant, so it is reviewed like any change.
+    Adopt {
+        /// Only show; required (nothing else is offered here).
+        #[arg(long)]
+        dry_run: bool,
+        /// Namespace of the Tenants (all namespaces when absent).
+        #[arg(long, short)]
+        namespace: Option<String>,
+    },
     /// A local demo: fake API server, simulated fleet, real controllers. No cluster, no AWS.
     #[cfg(feature = "demo")]
     Demo(tenant_operator::demo::DemoArgs),
@@ -140,6 +150,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => run(*args).await?,
         Command::Rollout(args) => rollout_request(args).await?,
+        Command::Adopt { dry_run, namespace } => {
+            if !dry_run {
+                anyhow::bail!(
+                    "adoption is `spec.adoption: Adopt` on the Tenant; `tenant-operator adopt --dry-run` shows what it would do"
+                );
+            }
+            let client = kube::Client::try_default().await?;
+            print!("{}", tenant_operator::adopt::dry_run(client, namespace.as_deref()).await?);
+        }
         #[cfg(feature = "demo")]
         Command::Demo(args) => tenant_operator::demo::run(args).await?,
     }

@@ -15,7 +15,7 @@ use tenant_operator::demo::launch_managed;
 use testbed::stack::HostState;
 
 /// Requests through the routing port until stopped: how many each digest answered, and the failures.
-struct Load {
+pub struct Load {
     stop: Arc<AtomicBool>,
     served: Arc<Mutex<HashMap<String, usize>>>,
     failed: Arc<AtomicUsize>,
@@ -23,7 +23,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(addr: String, port: u16) -> Load {
+    pub fn start(addr: String, port: u16) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(Mutex::new(HashMap::new()));
         let failed = Arc::new(AtomicUsize::new(0));
@@ -49,20 +49,20 @@ impl Load {
         Load { stop, served, failed, handle: Some(handle) }
     }
 
-    fn served_by(&self, digest: &str) -> usize {
+    pub fn served_by(&self, digest: &str) -> usize {
         self.served.lock().unwrap().get(digest).copied().unwrap_or(0)
     }
 
     /// Waits (bounded) until `digest` answered `n` requests, so the traffic spans the switch however
     /// slow the machine is.
-    async fn until_served(&self, digest: &str, n: usize) {
+    pub async fn until_served(&self, digest: &str, n: usize) {
         let until = tokio::time::Instant::now() + Duration::from_secs(60);
         while self.served_by(digest) < n && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    fn finish(mut self) -> (HashMap<String, usize>, usize, Vec<String>) {
+    pub fn finish(mut self) -> (HashMap<String, usize>, usize, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
         let errors = self.handle.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
         let served = self.served.lock().unwrap().clone();

@@ -141,7 +141,7 @@ pub fn action_of(record: &Value) -> String {
     a.get(0).unwrap_or(a).as_str().unwrap_or_default().to_string()
 }
 
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+pub fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let Ok(ft) = e.file_type() else { continue };
@@ -153,11 +153,11 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn b64(s: &str) -> String {
+pub fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
 }

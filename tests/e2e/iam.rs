@@ -318,6 +318,13 @@ fn host_policy_reads_only_its_own_orgs_revisions() {
         let r = req(action, &arn("ssm", "parameter/tenant-operator/acme/x"), &org("acme"));
         assert_ne!(decide(&p, &r), Decision::Allow, "{action}");
     }
+    // Adoption: the host writes the env of its hand-run container to its own prefix, nowhere else.
+    let put = |path: &str, slug: &str| req("ssm:PutParameter", &arn("ssm", &format!("parameter{path}")), &org(slug));
+    assert_eq!(decide(&p, &put("/tenant-operator/acme/imported-env", "acme")), Decision::Allow);
+    assert_ne!(decide(&p, &put("/tenant-operator/beta/imported-env", "acme")), Decision::Allow);
+    assert_ne!(decide(&p, &put("/tenant-operator/acme/revisions/r-1", "acme")), Decision::Allow);
+    let untagged = req("ssm:PutParameter", &arn("ssm", "parameter/tenant-operator/acme/imported-env"), &[]);
+    assert_ne!(decide(&p, &untagged), Decision::Allow, "a role without the org tag writes nothing");
 }
 
 // --- (b) what the operator really sends -----------------------------------------------------

@@ -1,6 +1,7 @@
 //! End-to-end tests: one binary, so the link step is paid once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod adopt;
 mod apply;
 mod bluegreen;
 mod budget;

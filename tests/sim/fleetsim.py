@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -237,6 +238,10 @@ class Host:
         self.running = None
         self.removed = False
         self.thread = threading.Thread(target=self.worker, name=f"host-{instance_id}", daemon=True)
+        self.cron_interval = 0.0  # legacy hosts: seconds between cron firings (compressed clock)
+        self.cron_last = time.time()
+        self.cron_runs = []
+        self.cron_lock = threading.Lock()
 
     @property
     def online(self):
@@ -246,7 +251,9 @@ class Host:
         return {"instance_id": self.id, "addr": self.addr, "state": self.state, "org": self.org,
                 "sandbox": self.sandbox, "online": self.online, "faults": dict(self.faults),
                 "queued": [i.command.id for i in self.queue],
-                "running": self.running.command.id if self.running else None}
+                "running": self.running.command.id if self.running else None,
+                "cron": {"entry": self.sim.cron_state(self), "interval_seconds": self.cron_interval,
+                         "runs": len(self.cron_runs), "last": self.cron_runs[-1] if self.cron_runs else None}}
 
     def env(self):
         sim = self.sim
@@ -541,9 +548,11 @@ class Sim:
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.min_timeout = 30
+        self.cron_interval = 5.0
         self.reset_state()
         self.setup_bin()
         threading.Thread(target=self.reaper, name="reaper", daemon=True).start()
+        threading.Thread(target=self.cron_loop, name="cron", daemon=True).start()
 
     def reset_state(self):
         self.docs = {}
@@ -614,24 +623,107 @@ class Sim:
         log.info("host %s registered at %s (%s, org=%s)", iid, addr, state, org)
         return host.info()
 
+    # Extra `docker run` flags a legacy host may have been started with (the hand-written user-data).
+    LEGACY_FLAGS = {"-v", "--network", "--add-host", "--label", "--restart"}
+
     def make_legacy(self, host, body):
-        """The pre-operator setup: one hand-started container on :8080 with env frozen at first boot."""
+        """The pre-operator setup: one hand-started container on :8080 with env frozen at first boot, and
+        the cron auto-updater (seed 000, option B) that pulls `:latest` and restarts it when it moved."""
         image = body.get("legacy_image") or f"{self.registry}/platform-tenant:latest"
+        args = body.get("legacy_args") or []
+        if not isinstance(args, list) or len(args) % 2 or any(not isinstance(a, str) for a in args) \
+                or any(args[i] not in self.LEGACY_FLAGS for i in range(0, len(args), 2)):
+            raise ApiError("BadRequest", f"legacy_args: pairs of {sorted(self.LEGACY_FLAGS)} and a value")
+        if "--restart" not in args:
+            args = ["--restart", "unless-stopped"] + args
         env_file = os.path.join(host.sandbox, "etc/molecule/tenant.env")
         os.makedirs(os.path.dirname(env_file), exist_ok=True)
         with open(env_file, "w") as f:
             f.write(f"ORG_SLUG={host.org}\n")
             for k, v in (body.get("legacy_env") or {}).items():
                 f.write(f"{k}={v}\n")
-        script = (f"docker pull {image} >/dev/null && docker run -d --name molecule-tenant "
-                  f"-p 127.0.0.1:8080:8080 --restart unless-stopped --env-file /etc/molecule/tenant.env {image}")
-        script = script.replace("/etc/molecule/", f"{host.sandbox}/etc/molecule/")
+        run = " ".join(["docker run -d --name molecule-tenant -p 127.0.0.1:8080:8080",
+                        " ".join(shlex.quote(a) for a in args), "--env-file", shlex.quote(env_file),
+                        shlex.quote(image)])
+        script = f"docker pull {shlex.quote(image)} >/dev/null && {run}"
         p = subprocess.run(["/bin/bash", "-c", script], cwd=host.sandbox, env=host.env(),
                            capture_output=True, text=True, timeout=60)
         if p.returncode != 0:
             kill_host_containers(host.sandbox)
             shutil.rmtree(host.sandbox, ignore_errors=True)
             raise ApiError("BadRequest", f"legacy host set-up failed: {p.stderr.strip()}")
+        # The auto-updater as the fleet runs it today: /usr/local/bin/molecule-auto-update.sh and its
+        # cron entry. Paths are the sandbox's (a real host has them at the root).
+        sb = host.sandbox
+        updater = os.path.join(sb, "usr/local/bin/molecule-auto-update.sh")
+        os.makedirs(os.path.dirname(updater), exist_ok=True)
+        logf = os.path.join(sb, "var/log/molecule-auto-update.log")
+        with open(updater, "w") as f:
+            f.write(f"""#!/bin/bash
+# molecule-auto-update.sh: pull :latest, compare, restart blindly when it moved (no pin, no hold-back)
+IMAGE={shlex.quote(image)}
+LOG={shlex.quote(logf)}
+ts() {{ date -u +%Y-%m-%dT%H:%M:%SZ; }}
+if ! docker pull "$IMAGE" >/dev/null 2>&1; then echo "$(ts) pull failed" >> "$LOG"; exit 1; fi
+new="$(docker inspect --type image --format '{{{{.Id}}}}' "$IMAGE" 2>/dev/null)"
+cur="$(docker inspect --format '{{{{.Image}}}}' molecule-tenant 2>/dev/null)"
+if [ -n "$cur" ] && [ "$new" = "$cur" ]; then echo "$(ts) unchanged $new" >> "$LOG"; exit 0; fi
+docker stop molecule-tenant >/dev/null 2>&1; docker rm -f molecule-tenant >/dev/null 2>&1
+{run} >/dev/null || {{ echo "$(ts) run failed" >> "$LOG"; exit 1; }}
+echo "$(ts) updated $cur -> $new" >> "$LOG"
+""")
+        os.chmod(updater, 0o755)
+        cron = os.path.join(sb, "etc/cron.d/molecule-autoupdate")
+        os.makedirs(os.path.dirname(cron), exist_ok=True)
+        with open(cron, "w") as f:
+            f.write("*/5 * * * * root /usr/local/bin/molecule-auto-update.sh\n")
+        host.cron_interval = float(body.get("cron_interval_seconds") or self.cron_interval)
+
+    def cron_state(self, host):
+        """`active` when the cron entry exists with an uncommented line naming the updater."""
+        path = os.path.join(host.sandbox, "etc/cron.d/molecule-autoupdate")
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return "absent"
+        live = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")
+                and "molecule-auto-update.sh" in ln]
+        return "active" if live else "disabled"
+
+    def cron_loop(self):
+        """A compressed clock for cron: each legacy host's entry fires every `cron_interval` seconds."""
+        while True:
+            time.sleep(0.2)
+            now = time.time()
+            with self.cond:
+                due = [h for h in self.hosts.values() if h.cron_interval and not h.removed
+                       and now - h.cron_last >= h.cron_interval]
+                for h in due:
+                    h.cron_last = now
+            for h in due:
+                if self.cron_state(h) != "active":
+                    continue
+                threading.Thread(target=self.cron_run, args=(h,), daemon=True).start()
+
+    def cron_run(self, host):
+        if not host.cron_lock.acquire(blocking=False):
+            return  # the previous run is still going (cron would start another; flock-less scripts race)
+        try:
+            start = time.time()
+            updater = os.path.join(host.sandbox, "usr/local/bin/molecule-auto-update.sh")
+            try:
+                p = subprocess.run(["/bin/bash", updater], cwd=host.sandbox, env=host.env(),
+                                   capture_output=True, text=True, timeout=120)
+                rc = p.returncode
+            except (OSError, subprocess.TimeoutExpired):
+                rc = -1
+            with self.cond:
+                host.cron_runs.append({"start": start, "end": time.time(), "rc": rc})
+                del host.cron_runs[:-200]
+            log.info("cron on %s: molecule-auto-update.sh -> %s", host.id, rc)
+        finally:
+            host.cron_lock.release()
 
     def set_faults(self, iid, body):
         with self.cond:
@@ -1222,7 +1314,10 @@ class Handler(BaseHTTPRequestHandler):
                 with sim.cond:
                     if "min_timeout_seconds" in body:
                         sim.min_timeout = int(body["min_timeout_seconds"])
-                return self._reply(200, {"min_timeout_seconds": sim.min_timeout}, "application/json")
+                    if "cron_interval_seconds" in body:
+                        sim.cron_interval = float(body["cron_interval_seconds"])
+                return self._reply(200, {"min_timeout_seconds": sim.min_timeout,
+                                         "cron_interval_seconds": sim.cron_interval}, "application/json")
             if path == "/_sim/reset":
                 sim.reset()
                 return self._reply(200, {"ok": True}, "application/json")

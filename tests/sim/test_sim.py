@@ -585,3 +585,171 @@ def test_legacy_host(bed):
     c = json.loads(docker(bed, host, "inspect", "molecule-tenant").stdout)[0]
     assert c["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     assert "ORG_SLUG=old-org" in c["Config"]["Env"]
+
+
+def host_info(bed, host):
+    with urllib.request.urlopen(f"{bed.sim_url}/_sim/hosts/{host['instance_id']}") as r:
+        return json.loads(r.read())
+
+
+def test_legacy_cron_follows_latest_until_its_entry_is_disabled(bed):
+    reg.push_image(bed.registry, "platform-tenant", "latest", {"sim.version": "legacy-1"})
+    host = add_host(bed, org="cron-org", state="legacy", cron_interval_seconds=1,
+                    legacy_args=["-v", "/srv/data:/data", "--network", "host-net", "--add-host", "db.internal:10.0.0.5",
+                                 "--label", "team=core"], legacy_env={"SECRET_TOKEN": "s3cr3t"})
+    c = json.loads(docker(bed, host, "inspect", "molecule-tenant").stdout)[0]
+    assert c["HostConfig"]["Binds"] == ["/srv/data:/data"]
+    assert c["HostConfig"]["NetworkMode"] == "host-net"
+    assert c["HostConfig"]["ExtraHosts"] == ["db.internal:10.0.0.5"]
+    assert c["Config"]["Labels"]["team"] == "core"
+    assert "SECRET_TOKEN=s3cr3t" in c["Config"]["Env"]
+    assert host_info(bed, host)["cron"]["entry"] == "active"
+    wait_for(lambda: host_info(bed, host)["cron"]["runs"] >= 1, timeout=10)
+    # the tag moves: the next cron run restarts the container on the new digest, with the same options
+    new = reg.push_image(bed.registry, "platform-tenant", "latest", {"sim.version": "legacy-2"})
+
+    def serves_new():
+        code, body = http_get(f"http://{host['addr']}:8080/health")
+        return code == 200 and json.loads(body)["digest"] == new
+    wait_for(serves_new, timeout=20, interval=0.2)
+    c2 = json.loads(docker(bed, host, "inspect", "molecule-tenant").stdout)[0]
+    assert c2["Id"] != c["Id"] and c2["HostConfig"]["Binds"] == ["/srv/data:/data"]
+    log = open(os.path.join(host["sandbox"], "var/log/molecule-auto-update.log")).read()
+    assert "updated" in log
+    # commented out, the entry no longer fires
+    entry = os.path.join(host["sandbox"], "etc/cron.d/molecule-autoupdate")
+    with open(entry) as f:
+        line = f.read()
+    with open(entry, "w") as f:
+        f.write("# " + line)
+    assert host_info(bed, host)["cron"]["entry"] == "disabled"
+    time.sleep(1.5)
+    runs = host_info(bed, host)["cron"]["runs"]
+    time.sleep(2.5)
+    assert host_info(bed, host)["cron"]["runs"] == runs
+    os.remove(entry)
+    assert host_info(bed, host)["cron"]["entry"] == "absent"
+
+
+def test_legacy_args_are_checked(bed):
+    iid = new_instance_id()
+    status, body = post_json(f"{bed.sim_url}/_sim/hosts", {"instance_id": iid, "addr": next_addr(), "org": "x",
+                                                           "state": "legacy", "legacy_args": ["--privileged", "x"]})
+    assert status == 400, body
+
+
+# --- the operator's host agent on a legacy host (adoption) --------------------------------------------
+
+AGENT = os.path.join(HERE, "..", "..", "operator", "assets", "host-agent.sh")
+
+
+def agent_doc(bed):
+    """The operator's document as document.rs builds it (header + the fixed script)."""
+    lines = ["#!/bin/bash", "AGENT_ACTION='{{ action }}'", "AGENT_REVISION='{{ revision }}'", "AGENT_VERSION=test",
+             "PARAM_ROOT=/tenant-operator"] + open(AGENT).read().splitlines()
+    params = {"action": {"type": "String", "allowedValues": ["observe", "apply", "switch", "prune", "inspect-legacy",
+                                                              "adopt", "unadopt"]},
+              "revision": {"type": "String", "default": "", "allowedPattern": "^[a-z0-9]{0,64}$"}}
+    return make_doc(bed, lines, params)
+
+
+def agent(bed, doc, host, action, revision=""):
+    cid = bed.ssm.send_command(DocumentName=doc, InstanceIds=[host["instance_id"]],
+                               Parameters={"action": [action], "revision": [revision]})["Command"]["CommandId"]
+    inv = wait_invocation(bed, cid, host["instance_id"], timeout=60)
+    return json.loads(inv["StandardOutputContent"].strip().splitlines()[-1]), inv
+
+
+def b64s(s):
+    import base64
+    return base64.b64encode(s.encode()).decode()
+
+
+def revision_value(image, digest, envrev="e" * 32, extra=()):
+    return "\n".join(["tenant-operator-revision v1", f"image {b64s(image)}", f"digest {digest}", f"envrev {envrev}",
+                      "name app", "ports 8080 8081 8000", "cport 8080", f"health {b64s('/health')}", "timeout 20",
+                      "strategy inplace", "keepwarm 600", "restart unless-stopped", "dockersock 0",
+                      "importedenv 1", *extra]) + "\n"
+
+
+def test_agent_inspects_adopts_and_releases_a_legacy_host(bed):
+    digest = reg.push_image(bed.registry, "platform-tenant", "latest", {"sim.version": "adopt-1"})
+    host = add_host(bed, org="adopt-org", state="legacy", cron_interval_seconds=1,
+                    legacy_args=["-v", "/srv/data:/data", "--add-host", "db.internal:10.0.0.5"],
+                    legacy_env={"SECRET_TOKEN": "t0p-s3cr3t", "MULTI": "a b"})
+    doc = agent_doc(bed)
+    legacy_id = json.loads(docker(bed, host, "inspect", "molecule-tenant").stdout)[0]["Id"]
+    rep, inv = agent(bed, doc, host, "inspect-legacy")
+    assert rep["status"] == "ok", inv
+    lg = rep["legacy"]
+    assert lg["digest"] == digest and lg["image"] == f"{bed.registry}/platform-tenant"
+    assert lg["envNames"] == ["MULTI", "ORG_SLUG", "SECRET_TOKEN"]
+    assert lg["ports"] == [{"host": 8080, "container": 8080}]
+    assert lg["volumes"] == [{"hostPath": "/srv/data", "containerPath": "/data", "readOnly": False}]
+    assert lg["extraHosts"] == [{"hostname": "db.internal", "ip": "10.0.0.5"}]
+    assert lg["restartPolicy"] == "unless-stopped" and lg["dropped"] == []
+    assert rep["managed"] is False and rep["unmanagedContainers"] == 1 and rep["cron"] == "active"
+    assert "t0p-s3cr3t" not in json.dumps(inv)
+    # adopt: the revision is stored by the operator; the host stores the env under its own prefix
+    rev = "a" * 32
+    bed.ssm.put_parameter(Name=f"/tenant-operator/adopt-org/revisions/{rev}", Type="SecureString",
+                          Value=revision_value(lg["image"], digest))
+    rep, inv = agent(bed, doc, host, "adopt", rev)
+    assert rep["status"] == "ok" and rep["detail"] == "adopted", inv
+    assert rep["managed"] is True and rep["adopted"] is True and rep["cron"] == "disabled"
+    assert rep["active"] == "blue" and rep["slots"]["blue"]["digest"] == digest
+    assert rep["slots"]["blue"]["health"] == "healthy" and rep["unmanagedContainers"] == 0
+    assert json.loads(docker(bed, host, "inspect", "molecule-tenant").stdout)[0]["Id"] == legacy_id
+    stored = bed.moto_ssm.get_parameter(Name="/tenant-operator/adopt-org/imported-env",
+                                        WithDecryption=True)["Parameter"]["Value"]
+    assert b64s("t0p-s3cr3t") in stored and "t0p-s3cr3t" not in stored
+    assert "t0p-s3cr3t" not in json.dumps(inv)
+    for root, _, files in os.walk(os.path.join(host["sandbox"], "var/log")):
+        for f in files:
+            assert "t0p-s3cr3t" not in open(os.path.join(root, f), errors="replace").read(), f
+    runs = host_info(bed, host)["cron"]["runs"]
+    time.sleep(2.5)
+    assert host_info(bed, host)["cron"]["runs"] == runs
+    # again: harmless
+    rep, _ = agent(bed, doc, host, "adopt", rev)
+    assert rep["detail"] == "already-adopted"
+    # an apply of a new digest replaces the adopted container with the imported options and env
+    new = reg.push_image(bed.registry, "platform-tenant", "next", {"sim.version": "adopt-2"})
+    rev2 = "b" * 32
+    bed.ssm.put_parameter(Name=f"/tenant-operator/adopt-org/revisions/{rev2}", Type="SecureString",
+                          Value=revision_value(lg["image"], new, extra=[f"vol {b64s('/srv/data')} {b64s('/data')} rw"]))
+    rep, inv = agent(bed, doc, host, "apply", rev2)
+    assert rep["status"] == "ok", inv
+    c = json.loads(docker(bed, host, "inspect", "app-blue").stdout)[0]
+    assert "SECRET_TOKEN=t0p-s3cr3t" in c["Config"]["Env"] and "MULTI=a b" in c["Config"]["Env"]
+    assert c["HostConfig"]["Binds"] == ["/srv/data:/data"]
+    assert docker(bed, host, "inspect", "molecule-tenant", check=False).returncode != 0
+    assert rep["adopted"] is False and rep["slots"]["blue"]["digest"] == new
+    # release: the cron entry comes back and fires again; the serving container has its old name
+    rep, inv = agent(bed, doc, host, "unadopt")
+    assert rep["status"] == "ok" and rep["managed"] is False and rep["cron"] == "active", inv
+    assert docker(bed, host, "inspect", "app-blue", check=False).returncode != 0  # renamed molecule-tenant
+    runs = host_info(bed, host)["cron"]["runs"]
+    wait_for(lambda: host_info(bed, host)["cron"]["runs"] > runs, timeout=10)
+
+    def cron_took_over():  # the updater follows :latest again, as before the adoption
+        code, body = http_get(f"http://{host['addr']}:8080/health")
+        return code == 200 and json.loads(body)["digest"] == digest
+    wait_for(cron_took_over, timeout=20, interval=0.2)
+
+
+def test_agent_inspect_drops_what_it_cannot_report_safely(bed):
+    reg.push_image(bed.registry, "platform-tenant", "latest", {"sim.version": "hostile"})
+    host = add_host(bed, org="hostile-org", state="legacy", cron_interval_seconds=3600,
+                    legacy_args=["--label", 'note=$(id)"`x`', "-v", "/srv/a b:/data", "--label", "ok=fine"],
+                    legacy_env={"BAD-NAME": "v", "GOOD": "{{ssm:/other/secret}}"})
+    doc = agent_doc(bed)
+    rep, inv = agent(bed, doc, host, "inspect-legacy")
+    assert rep["status"] == "ok", inv
+    lg = rep["legacy"]
+    assert lg["dropped"] == ["env", "label", "volume"], lg
+    assert lg["labels"] == {"ok": "fine"} and lg["volumes"] == []
+    assert lg["envNames"] == ["GOOD", "ORG_SLUG"]
+    assert "ssm:" not in inv["StandardOutputContent"] and "$(id)" not in inv["StandardOutputContent"]
+    # nothing changed on the host
+    assert rep["managed"] is False and rep["cron"] == "active"

@@ -3,11 +3,13 @@
 
 use super::{Context, Error, FINALIZER, MANAGER};
 use crate::aws::{AwsScope, InstanceQuery, Invocation, InvocationStatus, Ping, SendCommand};
+use crate::core::adoption::{self, Step};
 use crate::core::conditions::{self, Cond};
 use crate::core::report::{HostReport, short_digest};
 use crate::core::tenant::{self as plan, Desired, Next, PlanInput};
 use crate::crd::{
-    ApplyRecord, InFlightCommand, RolloutPolicy, RolloutPolicySpec, Tenant, TenantStatus, condition as ct,
+    AdoptionMode, AdoptionStatus, ApplyRecord, ImportedContainer, InFlightCommand, RolloutPolicy, RolloutPolicySpec,
+    Tenant, TenantStatus, condition as ct,
 };
 use crate::host::document;
 use crate::host::revision::{self, DesiredRevision, Rollout};
@@ -52,7 +54,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             store
                 .state()
                 .into_iter()
-                .filter(|t| t.namespace() == ns && t.spec.container.env_from.iter().any(|e| e.secret_ref.name == name))
+                .filter(|t| {
+                    t.namespace() == ns
+                        && (t.spec.container.env_from.iter().any(|e| e.secret_ref.name == name)
+                            || t.spec.container.image_pull_secret.as_ref().is_some_and(|r| r.name == name))
+                })
                 .map(|t| kube::runtime::reflector::ObjectRef::from_obj(&*t))
                 .collect::<Vec<_>>()
         })
@@ -207,7 +213,7 @@ impl Tenant {
         }
 
         let (desired, secrets) = match &status.target {
-            Some(target) => match self.desired_revision(ctx, &ns_of(self)?, target).await? {
+            Some(target) => match self.desired_revision(ctx, &ns_of(self)?, target, status.adoption.as_ref()).await? {
                 Ok(rev) => (
                     Some(rev),
                     Cond::yes(
@@ -226,19 +232,35 @@ impl Tenant {
             None => ctx.settings.observe_interval,
         };
         let interval = jittered(base, &self.uid().unwrap_or_default());
+        // A hand-run host is never applied to unless adopted; a released one is left to its cron.
+        let hold =
+            self.spec.adoption == AdoptionMode::Release || status.observed.as_ref().is_some_and(adoption::hand_run);
+        let adopt_step = if status.in_flight.is_some() {
+            Step::Nothing
+        } else {
+            adoption::step(&adoption::Input {
+                now,
+                mode: self.spec.adoption,
+                observation: status.observed.as_ref(),
+                adoption: status.adoption.as_ref(),
+                refresh: ctx.settings.observe_interval * 10,
+            })
+        };
         let next = plan::next(&PlanInput {
             now,
             in_flight: status.in_flight.as_ref(),
             observation: status.observed.as_ref(),
             observe_interval: interval,
             target: status.target.as_ref(),
-            desired: desired.as_ref().zip(status.target.as_ref()).map(|(d, t)| Desired {
+            desired: desired.as_ref().zip(status.target.as_ref()).filter(|_| !hold).map(|(d, t)| Desired {
                 id: &d.id,
                 digest: &t.digest,
                 env_revision: &d.env_revision,
             }),
             failed_revision: failed.as_deref(),
         });
+        // Adoption steps go before anything else but the command in flight.
+        let adopt_step = if matches!(next, Next::Poll) { Step::Nothing } else { adopt_step };
         let scope = self.scope();
         // The instance is looked up and its agent pinged only before something is sent (or when the
         // spec changed): a command in flight is followed without either, and an idle reconcile
@@ -248,6 +270,7 @@ impl Tenant {
         let needs_aws = spec_changed
             || status.instance_id.is_none()
             || !matches!(next, Next::Wait(_) | Next::Poll)
+            || adopt_step != Step::Nothing
             || (matches!(next, Next::Poll) && !following);
         let (instance, reachable) = if !needs_aws {
             // Nothing to send: no AWS call at all.
@@ -301,15 +324,42 @@ impl Tenant {
         };
         let mut reachable = reachable;
 
-        let requeue = match next {
-            Next::Poll => {
+        let mut adoption_problem = None;
+        let requeue = match (adopt_step, next) {
+            (Step::Inspect, _) => {
+                self.send(ctx, &scope, &instance, &mut status, "inspect-legacy", None, &now, generation).await?;
+                ctx.settings.poll_interval
+            }
+            (Step::Release, _) => {
+                self.send(ctx, &scope, &instance, &mut status, "unadopt", None, &now, generation).await?;
+                ctx.settings.poll_interval
+            }
+            (Step::Adopt, _) => {
+                let imported = status.adoption.as_ref().and_then(|a| a.imported.clone()).unwrap_or_default();
+                match self.adoption_revision(ctx, &ns_of(self)?, &imported).await? {
+                    Ok(rev) => {
+                        let name =
+                            revision::parameter_name(&ctx.settings.document.param_root, &self.spec.slug, &rev.id);
+                        ctx.aws.put_secure_parameter(&scope, &name, &rev.value).await?;
+                        info!(tenant = %self.name_any(), revision = %rev.id, digest = %imported.digest, "adopting the hand-run container");
+                        self.send(ctx, &scope, &instance, &mut status, "adopt", Some(rev.id.clone()), &now, generation)
+                            .await?;
+                        ctx.settings.poll_interval
+                    }
+                    Err(problem) => {
+                        adoption_problem = Some(problem);
+                        interval
+                    }
+                }
+            }
+            (Step::Nothing, Next::Poll) => {
                 let (requeue, waiting) = self.poll(ctx, &scope, &instance, &mut status, &now).await?;
                 if waiting.is_some() {
                     reachable = waiting;
                 }
                 requeue
             }
-            Next::Observe => {
+            (Step::Nothing, Next::Observe) => {
                 // Observes are batched with other tenants' (one SendCommand for up to 50 hosts).
                 let sent = ctx.observer().observe(&scope, &instance).await?;
                 status.in_flight = Some(InFlightCommand {
@@ -322,16 +372,17 @@ impl Tenant {
                 });
                 ctx.settings.poll_interval
             }
-            Next::Apply => {
+            (Step::Nothing, Next::Apply) => {
                 let rev = desired.as_ref().ok_or(Error::MissingField("desired revision"))?;
                 let name = revision::parameter_name(&ctx.settings.document.param_root, &self.spec.slug, &rev.id);
                 ctx.aws.put_secure_parameter(&scope, &name, &rev.value).await?;
                 self.send(ctx, &scope, &instance, &mut status, "apply", Some(rev.id.clone()), &now, generation).await?;
                 ctx.settings.poll_interval
             }
-            Next::Wait(d) => d,
+            (Step::Nothing, Next::Wait(d)) => d,
         };
-        let conds = self.conditions(&status, reachable, secrets, desired.as_ref());
+        let mut conds = self.conditions(&status, reachable, secrets, desired.as_ref());
+        self.adoption_conditions(&status, adoption_problem, &mut conds);
         self.write_status(ctx, status, &conds, generation, &now).await?;
         Ok(Action::requeue(requeue))
     }
@@ -362,7 +413,7 @@ impl Tenant {
         status.in_flight = Some(intent.clone());
         // The intent is durable before anything reaches the host. An apply also says so in the
         // conditions at once, so nobody reads a stale `Ready` while the host changes.
-        let conds = if action == "observe" {
+        let conds = if action == "observe" || action == "inspect-legacy" {
             vec![]
         } else {
             vec![
@@ -493,7 +544,10 @@ impl Tenant {
                 warn!(tenant = %self.name_any(), error = %e, status = ?inv.status, "host report unreadable");
             }
         }
-        if f.action != "observe" {
+        if matches!(f.action.as_str(), "inspect-legacy" | "adopt" | "unadopt") {
+            self.finish_adoption(ctx, status, f, report.as_ref().ok(), now);
+        }
+        if f.action != "observe" && f.action != "inspect-legacy" {
             let (result, message) = match (&report, &inv.status) {
                 (Ok(r), _) if r.status == "ok" => ("Succeeded", r.detail.clone()),
                 (Ok(r), _) if crate::core::report::rolled_back(&r.detail) => ("RolledBack", r.detail.clone()),
@@ -552,6 +606,7 @@ impl Tenant {
         ctx: &Context,
         ns: &str,
         target: &crate::crd::Revision,
+        adoption: Option<&AdoptionStatus>,
     ) -> Result<Result<DesiredRevision, Cond>, Error> {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         let mut env = BTreeMap::new();
@@ -581,6 +636,62 @@ impl Tenant {
         for e in &self.spec.container.env {
             env.insert(e.name.clone(), e.value.clone());
         }
+        let rollout = match self.rollout(ctx, ns).await? {
+            Ok(r) => r,
+            Err(c) => return Ok(Err(c)),
+        };
+        let image = target.image.split('@').next().unwrap_or_default();
+        // An adopted tenant runs with what was imported from its hand-run container.
+        let imported = adoption.filter(|a| a.revision.is_some()).and_then(|a| a.imported.as_ref());
+        let container = match imported {
+            Some(imp) => adoption::merged_container(&self.spec.container, imp),
+            None => self.spec.container.clone(),
+        };
+        let names = imported.map(|i| i.env_names.as_slice());
+        let login = match self.registry_login(ctx, ns, image).await? {
+            Ok(l) => l,
+            Err(c) => return Ok(Err(c)),
+        };
+        let extras = revision::Extras { imported_env_names: names, registry_login: login.as_ref() };
+        Ok(self.build_revision(ctx, &container, image, &target.digest, &env, extras, &rollout))
+    }
+
+    /// The login for `image`'s registry from `spec.container.imagePullSecret` (its entry for that
+    /// host only), or why it cannot be had.
+    async fn registry_login(
+        &self,
+        ctx: &Context,
+        ns: &str,
+        image: &str,
+    ) -> Result<Result<Option<revision::RegistryLogin>, Cond>, Error> {
+        let Some(r) = &self.spec.container.image_pull_secret else { return Ok(Ok(None)) };
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        let Some(secret) = secrets.get_opt(&r.name).await? else {
+            return Ok(Err(Cond::no(
+                ct::SECRETS_SYNCED,
+                "SecretNotFound",
+                format!("Secret {} (imagePullSecret) does not exist", r.name),
+            )));
+        };
+        let host = revision::registry_host(image);
+        let doc = secret.data.unwrap_or_default().remove(".dockerconfigjson").map(|b| b.0).unwrap_or_default();
+        match crate::registry::credentials_for(&doc, &host) {
+            Ok(Some(c)) => Ok(Ok(Some(revision::RegistryLogin { host, username: c.username, password: c.password }))),
+            Ok(None) => Ok(Err(Cond::no(
+                ct::SECRETS_SYNCED,
+                "NoRegistryLogin",
+                format!("Secret {} has no login for {host}, the image's registry", r.name),
+            ))),
+            Err(e) => Ok(Err(Cond::no(
+                ct::SECRETS_SYNCED,
+                "InvalidPullSecret",
+                format!("Secret {} (imagePullSecret): {e}", r.name),
+            ))),
+        }
+    }
+
+    /// How a revision reaches the host, from the tenant's policy (or why it cannot be known).
+    async fn rollout(&self, ctx: &Context, ns: &str) -> Result<Result<Rollout, Cond>, Error> {
         let Some(policy) = self.policy(ctx, ns).await? else {
             return Ok(Err(Cond::no(
                 ct::SECRETS_SYNCED,
@@ -588,21 +699,215 @@ impl Tenant {
                 format!("RolloutPolicy {} does not exist", self.spec.rollout_policy.as_deref().unwrap_or_default()),
             )));
         };
-        let rollout = Rollout {
+        Ok(Ok(Rollout {
             strategy: policy.strategy,
             health_timeout_secs: policy.health_check.timeout.as_std().as_secs().max(1),
             health_path: policy.health_check.path.clone().unwrap_or_else(|| self.spec.container.health_path.clone()),
             keep_warm_secs: u64::try_from(policy.keep_previous_slot_seconds).unwrap_or(0),
             smoke_checks: policy.smoke_checks.clone(),
+        }))
+    }
+
+    /// The adopted host's first revision: the digest and run options the hand-run container has, its
+    /// env taken over as the host stores it (none of the spec's own env: the container keeps running
+    /// untouched, so the revision describes exactly what runs), or why it cannot be built.
+    async fn adoption_revision(
+        &self,
+        ctx: &Context,
+        ns: &str,
+        imported: &ImportedContainer,
+    ) -> Result<Result<DesiredRevision, (&'static str, String)>, Error> {
+        if let Some(problem) = adoption::problem(imported, &self.spec.container) {
+            return Ok(Err(problem));
+        }
+        let rollout = match self.rollout(ctx, ns).await? {
+            Ok(r) => r,
+            Err(c) => return Ok(Err((c.reason, c.message))),
         };
-        let image = target.image.split('@').next().unwrap_or_default();
-        match revision::build(&ctx.settings.env_hmac_key, &self.spec.container, image, &target.digest, &env, &rollout) {
-            Ok(rev) => Ok(Ok(rev)),
+        let container = adoption::merged_container(&self.spec.container, imported);
+        let env = BTreeMap::new();
+        let login = match self.registry_login(ctx, ns, &imported.image).await? {
+            Ok(l) => l,
+            Err(c) => return Ok(Err((c.reason, c.message))),
+        };
+        let extras = revision::Extras { imported_env_names: Some(&imported.env_names), registry_login: login.as_ref() };
+        Ok(self
+            .build_revision(ctx, &container, &imported.image, &imported.digest, &env, extras, &rollout)
+            .map_err(|c| (c.reason, c.message)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_revision(
+        &self,
+        ctx: &Context,
+        container: &crate::crd::ContainerSpec,
+        image: &str,
+        digest: &str,
+        env: &BTreeMap<String, String>,
+        extras: revision::Extras<'_>,
+        rollout: &Rollout,
+    ) -> Result<DesiredRevision, Cond> {
+        match revision::build_with_import(&ctx.settings.env_hmac_key, container, image, digest, env, extras, rollout) {
+            Ok(rev) => Ok(rev),
             Err(e @ revision::RevisionError::InvalidEnvName(_)) => {
-                Ok(Err(Cond::no(ct::SECRETS_SYNCED, "InvalidSecretKey", e.to_string())))
+                Err(Cond::no(ct::SECRETS_SYNCED, "InvalidSecretKey", e.to_string()))
             }
             Err(e @ revision::RevisionError::TooLarge(_)) => {
-                Ok(Err(Cond::no(ct::SECRETS_SYNCED, "EnvTooLarge", e.to_string())))
+                Err(Cond::no(ct::SECRETS_SYNCED, "EnvTooLarge", e.to_string()))
+            }
+        }
+    }
+
+    /// Takes the result of an `inspect-legacy`, `adopt` or `unadopt` into `status.adoption`.
+    fn finish_adoption(
+        &self,
+        ctx: &Context,
+        status: &mut TenantStatus,
+        f: &InFlightCommand,
+        report: Option<&HostReport>,
+        now: &Timestamp,
+    ) {
+        let ok = report.is_some_and(|r| r.status == "ok");
+        let detail = report.map(|r| r.detail.clone()).filter(|d| !d.is_empty()).unwrap_or_else(|| "no-report".into());
+        let retry = now.checked_add(ctx.settings.observe_interval).ok().map(|t| t.to_string());
+        let a = status.adoption.get_or_insert_with(AdoptionStatus::default);
+        match f.action.as_str() {
+            "inspect-legacy" => {
+                a.inspected_at = Some(now.to_string());
+                match report.and_then(|r| r.legacy.clone()).filter(|_| ok) {
+                    Some(imported) => {
+                        a.imported = Some(imported);
+                        a.failure = None;
+                        a.retry_after = None;
+                    }
+                    None => {
+                        a.imported = None;
+                        a.failure = Some(format!("inspect-legacy: {detail}"));
+                        a.retry_after = retry;
+                    }
+                }
+            }
+            "adopt" if ok => {
+                a.revision = f.revision.clone();
+                a.adopted_at = Some(now.to_string());
+                a.released_at = None;
+                a.imported_env_parameter =
+                    Some(revision::imported_env_parameter(&ctx.settings.document.param_root, &self.spec.slug));
+                a.failure = None;
+                a.retry_after = None;
+                info!(tenant = %self.name_any(), revision = ?f.revision, "host adopted");
+            }
+            "adopt" => {
+                // Inspect again before the next attempt: the container may have changed meanwhile.
+                a.imported = None;
+                a.failure = Some(format!("adopt: {detail}"));
+                a.retry_after = retry;
+                warn!(tenant = %self.name_any(), detail = %detail, "adoption failed");
+            }
+            "unadopt" if ok => {
+                a.revision = None;
+                a.released_at = Some(now.to_string());
+                a.failure = None;
+                info!(tenant = %self.name_any(), "host released to its cron auto-updater");
+            }
+            _ => {
+                a.failure = Some(format!("{}: {detail}", f.action));
+            }
+        }
+    }
+
+    /// The `Adopted` condition, and `Ready`/`Reconciling`/`Stalled` in place of the others while a
+    /// hand-run host is not (or no longer) the operator's.
+    fn adoption_conditions(
+        &self,
+        status: &TenantStatus,
+        problem: Option<(&'static str, String)>,
+        conds: &mut Vec<Cond>,
+    ) {
+        let a = status.adoption.as_ref();
+        let obs = status.observed.as_ref();
+        let hand_run = obs.is_some_and(adoption::hand_run);
+        let cron = obs.and_then(|o| o.cron.clone()).unwrap_or_else(|| "unknown".into());
+        let mut set = |adopted: Option<Cond>, over: Option<[Cond; 3]>| {
+            if let Some(over) = over {
+                conds.retain(|c| ![ct::READY, ct::RECONCILING, ct::STALLED].contains(&c.type_));
+                conds.extend(over);
+            }
+            conds.extend(adopted);
+        };
+        if self.spec.adoption == AdoptionMode::Release {
+            let (reason, adopted_msg, reconciling) = if adoption::adopted(a) {
+                ("Releasing", "handing the host back to its cron auto-updater", true)
+            } else {
+                ("Released", "spec.adoption is Release: the host is left to its cron auto-updater", false)
+            };
+            let mut rec = if reconciling { Cond::yes } else { Cond::no }(ct::RECONCILING, reason, adopted_msg);
+            rec.message = adopted_msg.into();
+            set(
+                Some(Cond::no(ct::ADOPTED, reason, format!("{adopted_msg}; cron {cron}"))),
+                Some([Cond::no(ct::READY, reason, adopted_msg), rec, Cond::no(ct::STALLED, reason, "not stalled")]),
+            );
+            return;
+        }
+        if adoption::adopted(a) {
+            let imp = a.and_then(|a| a.imported.as_ref());
+            let msg = format!(
+                "adopted {} (image {}); the cron auto-updater is {cron}",
+                imp.map(|i| i.container.as_str()).unwrap_or("the hand-run container"),
+                imp.map(|i| short_digest(&i.digest)).unwrap_or_default()
+            );
+            set(Some(Cond::yes(ct::ADOPTED, "Adopted", msg)), None);
+            return;
+        }
+        if !hand_run {
+            return;
+        }
+        let preview = "status.adoption.imported shows what would be imported";
+        match self.spec.adoption {
+            AdoptionMode::Off => {
+                let msg = format!(
+                    "the host runs a hand-run container and the cron auto-updater ({cron}); set spec.adoption to Adopt to take it over ({preview})"
+                );
+                set(
+                    Some(Cond::no(ct::ADOPTED, "NotAdopted", msg.clone())),
+                    Some([
+                        Cond::no(ct::READY, "NotAdopted", msg.clone()),
+                        Cond::no(
+                            ct::RECONCILING,
+                            "NotAdopted",
+                            "nothing is sent to a hand-run host that is not adopted",
+                        ),
+                        Cond::yes(ct::STALLED, "NotAdopted", msg),
+                    ]),
+                );
+            }
+            _ => {
+                let blocked = problem.or_else(|| {
+                    a.and_then(|a| a.imported.as_ref()).and_then(|i| adoption::problem(i, &self.spec.container))
+                });
+                if let Some((reason, msg)) = blocked {
+                    set(
+                        Some(Cond::no(ct::ADOPTED, reason, msg.clone())),
+                        Some([
+                            Cond::no(ct::READY, reason, msg.clone()),
+                            Cond::no(ct::RECONCILING, reason, "waiting for the host or the spec to change"),
+                            Cond::yes(ct::STALLED, reason, msg),
+                        ]),
+                    );
+                    return;
+                }
+                let (reason, msg) = match a.and_then(|a| a.failure.clone()) {
+                    Some(f) => ("AdoptionFailed", format!("the last attempt failed ({f}); trying again")),
+                    None => ("Adopting", "taking the hand-run container over; it keeps serving".to_string()),
+                };
+                set(
+                    Some(Cond::no(ct::ADOPTED, reason, msg.clone())),
+                    Some([
+                        Cond::no(ct::READY, reason, msg.clone()),
+                        Cond::yes(ct::RECONCILING, reason, msg),
+                        Cond::no(ct::STALLED, reason, "not stalled"),
+                    ]),
+                );
             }
             Err(e @ revision::RevisionError::SmokeBearerMissing(..)) => {
                 Ok(Err(Cond::no(ct::SECRETS_SYNCED, "SmokeBearerMissing", e.to_string())))

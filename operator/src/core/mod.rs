@@ -2,6 +2,7 @@
 //!
 //! Everything here takes the time as an argument so that tests run on a fixed clock.
 
+pub mod adoption;
 pub mod channel;
 pub mod conditions;
 pub mod report;

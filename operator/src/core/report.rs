@@ -1,6 +1,6 @@
 //! The host agent's report: one compact JSON line on stdout.
 
-use crate::crd::{HostObservation, Slot, SlotObservation};
+use crate::crd::{HostObservation, ImportedContainer, Slot, SlotObservation};
 use serde::Deserialize;
 
 /// What the agent printed, as sent.
@@ -38,6 +38,15 @@ pub struct HostReport {
     /// Running containers the operator did not start.
     #[serde(default)]
     pub unmanaged_containers: u32,
+    /// The cron auto-updater: `active`, `disabled`, `absent` (empty from older agents).
+    #[serde(default)]
+    pub cron: String,
+    /// The blue slot is an adopted hand-run container.
+    #[serde(default)]
+    pub adopted: bool,
+    /// `inspect-legacy`: the hand-run container (names only; checked again before use).
+    #[serde(default)]
+    pub legacy: Option<ImportedContainer>,
 }
 
 /// Both slots.
@@ -123,6 +132,12 @@ impl HostReport {
             green: self.slots.green.as_ref().map(conv),
             applied_revision: non_empty(&self.applied),
             managed: self.managed,
+            unmanaged_containers: self.unmanaged_containers,
+            cron: match self.cron.as_str() {
+                "active" | "disabled" | "absent" => Some(self.cron.clone()),
+                _ => None,
+            },
+            adopted: self.adopted,
             observed_at: Some(observed_at),
         }
     }

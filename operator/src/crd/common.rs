@@ -119,6 +119,8 @@ pub mod condition {
     pub const IMAGE_UP_TO_DATE: &str = "ImageUpToDate";
     /// Every referenced Secret and key exists and is in the target revision.
     pub const SECRETS_SYNCED: &str = "SecretsSynced";
+    /// The operator took over a host that a hand-run container and the cron auto-updater ran.
+    pub const ADOPTED: &str = "Adopted";
 }
 
 #[cfg(test)]

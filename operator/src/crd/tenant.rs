@@ -72,6 +72,26 @@ pub struct TenantSpec {
     /// The app container on the host.
     #[serde(default)]
     pub container: ContainerSpec,
+
+    /// Taking over a host that today's fleet set up by hand (a container started by user-data and
+    /// the cron auto-updater). `Off` (default): such a host is only inspected (read-only) and shown
+    /// in `status.adoption`; `Adopt`: the operator imports it and disables the cron; `Release`: the
+    /// operator hands the host back (cron restored) and sends nothing else.
+    #[serde(default)]
+    pub adoption: AdoptionMode,
+}
+
+/// What the operator may do with a host it did not set up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AdoptionMode {
+    /// Never take a hand-run host over; inspect it read-only for a preview.
+    #[default]
+    Off,
+    /// Import the hand-run container (digest, run options, env into Parameter Store) and disable
+    /// the cron auto-updater; the container keeps serving.
+    Adopt,
+    /// Hand the host back: restore the cron auto-updater, remove the operator's markers.
+    Release,
 }
 
 /// Rollout tier of a tenant.
@@ -181,6 +201,13 @@ pub struct ContainerSpec {
     /// Mount the host's docker socket into the container (the app manages sibling containers).
     #[serde(default)]
     pub mount_docker_socket: bool,
+
+    /// A `kubernetes.io/dockerconfigjson` Secret (same namespace) with the login for the image's
+    /// registry. Only the entry for the image's own registry host is used; it reaches the host inside
+    /// the revision's SecureString under the tenant's prefix (never in command text), and the host
+    /// logs in with `--password-stdin` before it pulls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<LocalSecretRef>,
 }
 
 impl Default for ContainerSpec {
@@ -198,8 +225,13 @@ impl Default for ContainerSpec {
             labels: BTreeMap::new(),
             extra_hosts: Vec::new(),
             mount_docker_socket: false,
+            image_pull_secret: None,
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn default_container_name() -> String {
@@ -416,6 +448,15 @@ pub struct HostObservation {
     /// Whether the operator manages this host (an applied-revision marker exists).
     #[serde(default)]
     pub managed: bool,
+    /// Running containers the operator did not start (a hand-run app), the adopted one excepted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unmanaged_containers: u32,
+    /// The cron auto-updater of a hand-run host: `active`, `disabled` (set aside), `absent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// The blue slot is a hand-run container the operator adopted (not yet replaced).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
     /// When this report was taken (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<String>,
@@ -496,4 +537,91 @@ pub struct TenantStatus {
     /// The last applies, newest first (bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<ApplyRecord>,
+    /// What the hand-run container on the host runs and whether it was adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<AdoptionStatus>,
+}
+
+/// The adoption of a hand-run host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptionStatus {
+    /// What the host's hand-run container runs and how it was started (env var names only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<ImportedContainer>,
+    /// When the host was inspected (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inspected_at: Option<String>,
+    /// The revision the adoption made the host's first (its applied-revision marker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// When the host was adopted (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_at: Option<String>,
+    /// Where the env taken over from the container lives: a write-once SecureString under the
+    /// tenant's own prefix, written by the host. Its values never pass through the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_env_parameter: Option<String>,
+    /// When the host was handed back (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<String>,
+    /// Why the last inspect or adopt failed (a short host detail such as `legacy-changed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// No new adopt attempt before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+}
+
+/// A hand-run container as the host reported it. Every value was checked on the host and again by
+/// the operator; env values are never reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportedContainer {
+    /// Container name.
+    #[serde(default)]
+    pub container: String,
+    /// Repository the image was pulled from.
+    #[serde(default)]
+    pub image: String,
+    /// The digest the image was pulled by (its repo digest, not the config digest).
+    #[serde(default)]
+    pub digest: String,
+    /// Names of the env vars the container was started with (less the image's own).
+    #[serde(default)]
+    pub env_names: Vec<String>,
+    /// Published TCP ports.
+    #[serde(default)]
+    pub ports: Vec<ImportedPort>,
+    /// Bind mounts (the docker socket is `mountDockerSocket`).
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// Docker network.
+    #[serde(default)]
+    pub network: String,
+    /// Docker restart policy (`no`, `always`, `unless-stopped`, `on-failure`).
+    #[serde(default)]
+    pub restart_policy: String,
+    /// /etc/hosts entries.
+    #[serde(default)]
+    pub extra_hosts: Vec<ExtraHost>,
+    /// Labels given on `docker run` (not the image's).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The docker socket is mounted.
+    #[serde(default)]
+    pub mount_docker_socket: bool,
+    /// Settings the host could not report safely (they are not imported; adoption waits).
+    #[serde(default)]
+    pub dropped: Vec<String>,
+}
+
+/// A published port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportedPort {
+    /// Host port.
+    pub host: i32,
+    /// Container port.
+    pub container: i32,
 }

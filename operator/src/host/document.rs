@@ -13,7 +13,7 @@ pub const DOCUMENT_NAME: &str = "TenantOperator-HostAgent";
 pub const AGENT_SCRIPT: &str = include_str!("../../assets/host-agent.sh");
 
 /// Actions the document accepts.
-pub const ACTIONS: &[&str] = &["observe", "apply", "switch", "prune"];
+pub const ACTIONS: &[&str] = &["observe", "apply", "switch", "prune", "inspect-legacy", "adopt", "unadopt"];
 
 /// What the operator fills into the header of the script.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub fn content(constants: &DocumentConstants) -> String {
     let lines: Vec<String> = script(constants).lines().map(str::to_string).collect();
     let doc = json!({
         "schemaVersion": "2.2",
-        "description": "tenant-operator host agent: observe and apply the revision the operator names",
+        "description": "tenant-operator host agent: observe and apply the revision the operator names; inspect, adopt or release a hand-run container",
         "parameters": {
             "action": {
                 "type": "String",

@@ -143,6 +143,40 @@ fn smoke_lines(checks: &[SmokeCheck], env: &BTreeMap<String, String>) -> Result<
         .collect()
 }
 
+/// The login for the image's registry, carried in the revision (a SecureString) to the host.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryLogin {
+    /// Registry host (`ghcr.io`, `registry:5000`): the host of the image, nothing else.
+    pub host: String,
+    /// User name.
+    pub username: String,
+    /// Password or token. Never logged.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin").field("host", &self.host).field("username", &self.username).finish()
+    }
+}
+
+/// What a revision may carry besides the container spec and env.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Extras<'a> {
+    /// Names of the env taken over from an adopted hand-run container (see [`build_with_import`]).
+    pub imported_env_names: Option<&'a [String]>,
+    /// Login for the image's registry.
+    pub registry_login: Option<&'a RegistryLogin>,
+}
+
+/// The registry host of an image reference (`docker.io` when it names none).
+pub fn registry_host(image: &str) -> String {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first.to_string(),
+        _ => "docker.io".to_string(),
+    }
+}
+
 /// Builds the revision for `image@digest` with this env.
 pub fn build(
     key: &[u8],
@@ -152,11 +186,45 @@ pub fn build(
     env: &BTreeMap<String, String>,
     rollout: &Rollout,
 ) -> Result<DesiredRevision, RevisionError> {
+    build_with_import(key, container, image, digest, env, Extras::default(), rollout)
+}
+
+/// Builds the revision of an adopted tenant: the env taken over from its hand-run container (held
+/// by the host's write-once `imported-env` parameter; the operator knows only the names) comes
+/// first, `env` overrides it. The env revision covers the names and the fact of the import; the
+/// values, which the operator never sees, are fixed because the parameter is written once.
+pub fn build_with_import(
+    key: &[u8],
+    container: &ContainerSpec,
+    image: &str,
+    digest: &str,
+    env: &BTreeMap<String, String>,
+    extras: Extras<'_>,
+    rollout: &Rollout,
+) -> Result<DesiredRevision, RevisionError> {
+    let imported_env_names = extras.imported_env_names;
     if let Some(bad) = env.keys().find(|k| !valid_env_name(k)) {
         return Err(RevisionError::InvalidEnvName(bad.clone()));
     }
+    if let Some(bad) = imported_env_names.and_then(|n| n.iter().find(|k| !valid_env_name(k))) {
+        return Err(RevisionError::InvalidEnvName(bad.clone()));
+    }
     let e = |s: &str| B64.encode(s.as_bytes());
-    let env_rev = env_revision(key, env);
+    let env_rev = match imported_env_names {
+        None => env_revision(key, env),
+        Some(names) => {
+            let mut parts: Vec<&[u8]> = vec![b"env+imported"];
+            for n in names {
+                parts.push(n.as_bytes());
+            }
+            parts.push(b"own");
+            for (k, v) in env {
+                parts.push(k.as_bytes());
+                parts.push(v.as_bytes());
+            }
+            hmac_hex(key, &parts)
+        }
+    };
     let mut lines = vec![
         "tenant-operator-revision v1".to_string(),
         format!("image {}", e(image)),
@@ -195,6 +263,12 @@ pub fn build(
     for h in &container.extra_hosts {
         lines.push(format!("host {} {}", e(&h.hostname), e(&h.ip)));
     }
+    if imported_env_names.is_some() {
+        lines.push("importedenv 1".to_string());
+    }
+    if let Some(l) = extras.registry_login {
+        lines.push(format!("login {} {} {}", e(&l.host), e(&l.username), e(&l.password)));
+    }
     for (k, v) in env {
         lines.push(format!("env {} {}", e(k), e(v)));
     }
@@ -206,6 +280,11 @@ pub fn build(
     }
     let id = hmac_hex(key, &[b"revision", value.as_bytes()]);
     Ok(DesiredRevision { id, env_revision: env_rev, value })
+}
+
+/// Name of the parameter an adopted host writes its hand-run container's env to (once).
+pub fn imported_env_parameter(root: &str, slug: &str) -> String {
+    format!("{}/{}/imported-env", root.trim_end_matches('/'), slug)
 }
 
 /// Name of a revision's parameter.
@@ -333,5 +412,67 @@ mod tests {
         let mut big = BTreeMap::new();
         big.insert("B".to_string(), "x".repeat(9000));
         assert!(matches!(build(b"k", &c, "r/app", D, &big, &rollout()), Err(RevisionError::TooLarge(_))));
+    }
+
+    #[test]
+    fn an_import_is_named_in_the_value_and_the_env_revision() {
+        let c = ContainerSpec::default();
+        let env = BTreeMap::new();
+        let plain = build(b"k", &c, "r/app", D, &env, &rollout()).unwrap();
+        let names = vec!["ORG_SLUG".to_string(), "SECRET".to_string()];
+        let imp = build_with_import(
+            b"k",
+            &c,
+            "r/app",
+            D,
+            &env,
+            Extras { imported_env_names: Some(&names), ..Default::default() },
+            &rollout(),
+        )
+        .unwrap();
+        assert!(imp.value.lines().any(|l| l == "importedenv 1"));
+        assert!(!plain.value.contains("importedenv"));
+        assert_ne!(plain.env_revision, imp.env_revision);
+        assert_ne!(plain.id, imp.id);
+        let fewer = vec!["ORG_SLUG".to_string()];
+        let other = build_with_import(
+            b"k",
+            &c,
+            "r/app",
+            D,
+            &env,
+            Extras { imported_env_names: Some(&fewer), ..Default::default() },
+            &rollout(),
+        )
+        .unwrap();
+        assert_ne!(other.env_revision, imp.env_revision);
+        let login = RegistryLogin { host: "r:5000".into(), username: "u".into(), password: "pa$$-w0rd".into() };
+        let with_login = build_with_import(
+            b"k",
+            &c,
+            "r:5000/app",
+            D,
+            &env,
+            Extras { registry_login: Some(&login), ..Default::default() },
+            &rollout(),
+        )
+        .unwrap();
+        assert!(!with_login.value.contains("pa$$-w0rd") && !format!("{login:?}").contains("pa$$"));
+        assert_eq!(with_login.env_revision, plain.env_revision, "a login is no env change");
+        assert_eq!(registry_host("r:5000/app"), "r:5000");
+        assert_eq!(registry_host("library/app"), "docker.io");
+        let bad = vec!["A=B".to_string()];
+        assert!(
+            build_with_import(
+                b"k",
+                &c,
+                "r/app",
+                D,
+                &env,
+                Extras { imported_env_names: Some(&bad), ..Default::default() },
+                &rollout()
+            )
+            .is_err()
+        );
     }
 }

@@ -191,6 +191,18 @@ impl Stack {
     /// Runs an instance in moto with `tags`, registers it with the simulator at its own loopback
     /// address and writes the org slug to `<sandbox>/etc/tenant-operator/org`.
     pub async fn launch_host(&self, org_slug: &str, tags: &[(&str, &str)], state: HostState) -> Result<String> {
+        self.launch_host_with(org_slug, tags, state, json!({})).await
+    }
+
+    /// As [`Stack::launch_host`], with extra fields for the simulator's `POST /_sim/hosts` (for a
+    /// legacy host: `legacy_env`, `legacy_args`, `legacy_image`, `cron_interval_seconds`).
+    pub async fn launch_host_with(
+        &self,
+        org_slug: &str,
+        tags: &[(&str, &str)],
+        state: HostState,
+        extra: Value,
+    ) -> Result<String> {
         let ami = self.ami.get_or_try_init(|| self.first_ami()).await?.clone();
         let mut form: Vec<(String, String)> = vec![
             ("Action".into(), "RunInstances".into()),
@@ -219,7 +231,13 @@ impl Stack {
         let resp = self
             .http
             .post(format!("{}/_sim/hosts", self.ssm_url))
-            .json(&json!({"instance_id": instance, "addr": addr, "state": state.as_str(), "org": org_slug}))
+            .json(&{
+                let mut body = json!({"instance_id": instance, "addr": addr, "state": state.as_str(), "org": org_slug});
+                if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+                    b.extend(e.clone());
+                }
+                body
+            })
             .send()
             .await
             .context("registering the host with the simulator")?;
@@ -303,6 +321,12 @@ impl Stack {
         let resp =
             self.http.get(format!("{}/_sim/timeline", self.ssm_url)).send().await.context("GET /_sim/timeline")?;
         resp.error_for_status()?.json().await.context("decoding the timeline")
+    }
+
+    /// The simulator's view of one host (`GET /_sim/hosts/<id>`), its legacy cron included.
+    pub async fn host_info(&self, instance: &str) -> Result<Value> {
+        let resp = self.http.get(format!("{}/_sim/hosts/{instance}", self.ssm_url)).send().await.context("GET host")?;
+        resp.error_for_status()?.json().await.context("decoding the host")
     }
 
     /// POSTs JSON to the simulator's admin API (`/_sim/...`) and returns its JSON answer.
