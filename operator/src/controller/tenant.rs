@@ -794,7 +794,7 @@ impl Tenant {
         }
         let preview = "status.adoption.imported shows what would be imported";
         match self.spec.adoption {
-            AdoptionMode::Off => {
+            AdoptionMode::Disabled => {
                 let msg = format!(
                     "the host runs a hand-run container and the cron auto-updater ({cron}); set spec.adoption to Adopt to take it over ({preview})"
                 );
