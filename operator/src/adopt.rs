@@ -1,7 +1,7 @@
 //! `tenant-operator adopt --dry-run`: per tenant, what an adoption would import and change.
 //!
 //! It reads only the Tenants: the operator inspects every hand-run host read-only (also while
-//! `spec.adoption` is `Off`) and keeps what it saw in `status.adoption.imported`, so the preview
+//! `spec.adoption` is `Disabled`) and keeps what it saw in `status.adoption.imported`, so the preview
 //! touches neither AWS nor the hosts. Env values are never known here, only their names.
 
 use crate::core::adoption;
@@ -43,7 +43,7 @@ pub fn preview(t: &Tenant, param_root: &str) -> String {
     };
     let verdict = match t.spec.adoption {
         AdoptionMode::Adopt => "being adopted",
-        AdoptionMode::Off => "would be adopted once spec.adoption is Adopt",
+        AdoptionMode::Disabled => "would be adopted once spec.adoption is Adopt",
         AdoptionMode::Release => "left alone (spec.adoption is Release)",
     };
     let _ = write!(out, "\n  hand-run container {}: {verdict}", imp.container);

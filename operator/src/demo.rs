@@ -323,7 +323,7 @@ async fn rollout_summary(client: &kube::Client) -> anyhow::Result<String> {
 }
 
 /// Legacy tenants `old-NN`: hosts with a hand-run container, env frozen at first boot and the cron
-/// auto-updater; their Tenants start with `spec.adoption: Off` (inspected, never touched).
+/// auto-updater; their Tenants start with `spec.adoption: Disabled` (inspected, never touched).
 async fn seed_legacy(client: &kube::Client, stack: &Stack, n: usize) -> anyhow::Result<()> {
     let settings = Settings::default();
     let tenants: Api<Tenant> = Api::namespaced(client.clone(), "fleet");
@@ -344,7 +344,7 @@ async fn seed_legacy(client: &kube::Client, stack: &Stack, n: usize) -> anyhow::
             "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant",
             "metadata": {"name": slug},
             "spec": {"slug": slug, "instance": {"id": id}, "channel": "staging", "tier": "production",
-                     "rolloutPolicy": "default", "adoption": "Off"}
+                     "rolloutPolicy": "default", "adoption": "Disabled"}
         }))?;
         tenants.create(&PostParams::default(), &tenant).await?;
     }

@@ -273,6 +273,17 @@ async fn dry_run_changes_nothing_and_a_release_restores_the_cron() {
     assert!(!bed.stack.host_dir(&id).join("var/lib/tenant-operator/applied-revision").exists());
     let sent = actions(&bed, &id).await;
     assert!(sent.iter().any(|a| a == "unadopt") && !sent.iter().any(|a| a == "apply"), "{sent:?}");
+
+    // Deleting the Tenant removes its revisions but keeps the env the adoption took over: it exists
+    // nowhere else.
+    assert!(parameters_under(&bed, "/tenant-operator/beta").len() > 1);
+    bed.tenants().delete("beta", &Default::default()).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    while bed.tenants().get_opt("beta").await.unwrap().is_some() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the tenant was never deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(parameters_under(&bed, "/tenant-operator/beta"), vec!["/tenant-operator/beta/imported-env".to_string()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

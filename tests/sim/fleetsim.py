@@ -711,6 +711,10 @@ echo "$(ts) updated $cur -> $new" >> "$LOG"
             return  # the previous run is still going (cron would start another; flock-less scripts race)
         try:
             start = time.time()
+            run = {"start": start, "end": None, "rc": None}
+            with self.cond:  # counted when it starts: a run is visible before it finishes
+                host.cron_runs.append(run)
+                del host.cron_runs[:-200]
             updater = os.path.join(host.sandbox, "usr/local/bin/molecule-auto-update.sh")
             try:
                 p = subprocess.run(["/bin/bash", updater], cwd=host.sandbox, env=host.env(),
@@ -719,8 +723,7 @@ echo "$(ts) updated $cur -> $new" >> "$LOG"
             except (OSError, subprocess.TimeoutExpired):
                 rc = -1
             with self.cond:
-                host.cron_runs.append({"start": start, "end": time.time(), "rc": rc})
-                del host.cron_runs[:-200]
+                run.update(end=time.time(), rc=rc)
             log.info("cron on %s: molecule-auto-update.sh -> %s", host.id, rc)
         finally:
             host.cron_lock.release()

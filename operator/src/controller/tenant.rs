@@ -864,7 +864,7 @@ impl Tenant {
         }
         let preview = "status.adoption.imported shows what would be imported";
         match self.spec.adoption {
-            AdoptionMode::Off => {
+            AdoptionMode::Disabled => {
                 let msg = format!(
                     "the host runs a hand-run container and the cron auto-updater ({cron}); set spec.adoption to Adopt to take it over ({preview})"
                 );
@@ -1061,7 +1061,12 @@ impl Tenant {
     async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
         let prefix = parameter_prefix(&ctx.settings.document.param_root, &self.spec.slug);
         let scope = self.scope();
-        let names = ctx.aws.list_parameters(&scope, &prefix).await?;
+        // The env an adoption took over from a hand-run container exists nowhere else the operator
+        // could rebuild it from: it stays (the host wrote it; only its own role and the operator's
+        // prefix rights reach it).
+        let imported = revision::imported_env_parameter(&ctx.settings.document.param_root, &self.spec.slug);
+        let names: Vec<String> =
+            ctx.aws.list_parameters(&scope, &prefix).await?.into_iter().filter(|n| *n != imported).collect();
         if !names.is_empty() {
             ctx.aws.delete_parameters(&scope, &names).await?;
         }

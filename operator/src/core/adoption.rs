@@ -62,7 +62,7 @@ pub fn step(input: &Input<'_>) -> Step {
     let Some(obs) = input.observation else { return Step::Nothing };
     let a = input.adoption;
     match input.mode {
-        AdoptionMode::Off => {
+        AdoptionMode::Disabled => {
             // `inspectedAt` is written on failure too, so a host that cannot be inspected is not
             // asked again before the preview would be refreshed anyway.
             if hand_run(obs) && a.is_none_or(|a| older_than(a.inspected_at.as_deref(), input.now, input.refresh)) {
@@ -268,7 +268,7 @@ mod tests {
         let mut a = AdoptionStatus::default();
         let mut input = Input {
             now: ts("2026-01-01T00:10:00Z"),
-            mode: AdoptionMode::Off,
+            mode: AdoptionMode::Disabled,
             observation: Some(&legacy),
             adoption: None,
             refresh: Duration::from_secs(300),
@@ -277,7 +277,7 @@ mod tests {
         a.imported = Some(imported());
         a.inspected_at = Some("2026-01-01T00:09:00Z".into());
         input.adoption = Some(&a);
-        assert_eq!(step(&input), Step::Nothing, "a fresh preview is kept; Off never adopts");
+        assert_eq!(step(&input), Step::Nothing, "a fresh preview is kept; Disabled never adopts");
         input.now = ts("2026-01-01T00:20:00Z");
         assert_eq!(step(&input), Step::Inspect, "a stale preview is taken again");
         input.mode = AdoptionMode::Adopt;

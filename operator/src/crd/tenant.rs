@@ -74,7 +74,7 @@ pub struct TenantSpec {
     pub container: ContainerSpec,
 
     /// Taking over a host that today's fleet set up by hand (a container started by user-data and
-    /// the cron auto-updater). `Off` (default): such a host is only inspected (read-only) and shown
+    /// the cron auto-updater). `Disabled` (default): such a host is only inspected (read-only) and shown
     /// in `status.adoption`; `Adopt`: the operator imports it and disables the cron; `Release`: the
     /// operator hands the host back (cron restored) and sends nothing else.
     #[serde(default)]
@@ -84,9 +84,10 @@ pub struct TenantSpec {
 /// What the operator may do with a host it did not set up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AdoptionMode {
-    /// Never take a hand-run host over; inspect it read-only for a preview.
+    /// Never take a hand-run host over; inspect it read-only for a preview. (Not `Off`: YAML 1.1
+    /// parsers, kubectl's among them, read an unquoted `Off` as the boolean false.)
     #[default]
-    Off,
+    Disabled,
     /// Import the hand-run container (digest, run options, env into Parameter Store) and disable
     /// the cron auto-updater; the container keeps serving.
     Adopt,
