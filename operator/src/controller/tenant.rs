@@ -755,6 +755,12 @@ impl Tenant {
             Err(e @ revision::RevisionError::TooLarge(_)) => {
                 Err(Cond::no(ct::SECRETS_SYNCED, "EnvTooLarge", e.to_string()))
             }
+            Err(e @ revision::RevisionError::SmokeBearerMissing(..)) => {
+                Err(Cond::no(ct::SECRETS_SYNCED, "SmokeBearerMissing", e.to_string()))
+            }
+            Err(e @ revision::RevisionError::InvalidSmokeCheck(_)) => {
+                Err(Cond::no(ct::SECRETS_SYNCED, "InvalidSmokeCheck", e.to_string()))
+            }
         }
     }
 
@@ -908,12 +914,6 @@ impl Tenant {
                         Cond::no(ct::STALLED, reason, "not stalled"),
                     ]),
                 );
-            }
-            Err(e @ revision::RevisionError::SmokeBearerMissing(..)) => {
-                Ok(Err(Cond::no(ct::SECRETS_SYNCED, "SmokeBearerMissing", e.to_string())))
-            }
-            Err(e @ revision::RevisionError::InvalidSmokeCheck(_)) => {
-                Ok(Err(Cond::no(ct::SECRETS_SYNCED, "InvalidSmokeCheck", e.to_string())))
             }
         }
     }
