@@ -20,11 +20,11 @@ pub struct DemoArgs {
     /// Where to write a kubeconfig for `kubectl` against the demo's API server.
     #[arg(long, default_value = "tenant-demo.kubeconfig")]
     pub kubeconfig: PathBuf,
-    /// Canary tenants in the simulated fleet.
-    #[arg(long, default_value_t = 2)]
+    /// Canary tenants in the simulated fleet (channel `staging`).
+    #[arg(long, default_value_t = 3)]
     pub canaries: usize,
-    /// Production tenants in the simulated fleet.
-    #[arg(long, default_value_t = 4)]
+    /// Production tenants in the simulated fleet (channel `stable`, promoted from `staging`).
+    #[arg(long, default_value_t = 21)]
     pub production: usize,
     /// Stop by itself after this many seconds (0: run until interrupted).
     #[arg(long, default_value_t = 0)]
@@ -79,19 +79,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut last = String::new();
     let mut step = 0;
     let mut rotated_from = None;
+    let mut tag_moved: Option<(f64, tokio::time::Instant, String)> = None;
+    let mut first_canary_seen = false;
     loop {
-        let table = progress(&client).await.unwrap_or_else(|e| format!("(cannot list tenants: {e})\n"));
-        if table != last {
-            eprintln!("[{:>4}s]\n{table}", started.elapsed().as_secs());
-            last.clone_from(&table);
+        let summary = rollout_summary(&client).await.unwrap_or_else(|e| format!("(cannot read the fleet: {e})"));
+        if summary != last {
+            eprintln!("[{:>4}s] {summary}", started.elapsed().as_secs());
+            last.clone_from(&summary);
         }
-        // The story: everyone converges, one tenant's secret rotates, then a new image is pushed.
-        let all_ready = table.lines().count() > 1 && table.lines().skip(1).all(|l| l.contains(" True "));
+        let all_ready = fleet_ready(&client).await.unwrap_or(false);
         let org00_env = env_revision(&client, "org-00").await;
+        // The story: everyone converges; one tenant's secret rotates; a new image is pushed and
+        // rolls out: canaries, the soak, stable promoted, production in batches.
         if all_ready && step == 0 {
             step = 1;
+            eprintln!("{}", progress(&client).await.unwrap_or_default());
             rotated_from = org00_env.clone();
-            eprintln!("== every tenant runs the channel's digest. Rotating org-00's MOLECULE_CP_SHARED_SECRET ...");
+            eprintln!("== every tenant runs its channel's digest. Rotating org-00's MOLECULE_CP_SHARED_SECRET ...");
             let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "fleet");
             let patch = serde_json::json!({"stringData": {"MOLECULE_CP_SHARED_SECRET": "demo-secret-0-v2"}});
             secrets.patch("org-00-env", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
@@ -100,11 +104,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             let digest = stack
                 .push_image("platform-tenant", "staging", &[("sim.health", "healthy"), ("sim.version", "1.1.0")], false)
                 .await?;
+            let epoch = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
             eprintln!(
-                "== org-00 runs its new env revision. Pushed platform-tenant:staging = {digest} (the channel resolves every 30s)"
+                "== org-00 runs its new env revision (only org-00 restarted). Moved the tag: platform-tenant:staging = {digest}"
             );
+            tag_moved = Some((epoch, tokio::time::Instant::now(), digest));
+        } else if step == 2
+            && let Some((epoch, at, digest)) = &tag_moved
+        {
+            if !first_canary_seen && let Some(after) = first_command_after(&stack, *epoch).await {
+                first_canary_seen = true;
+                eprintln!("== the first canary command was sent {after:.1}s after the tag moved");
+            }
+            if all_ready && fleet_on(&client, digest).await.unwrap_or(false) {
+                step = 3;
+                eprintln!("{}", progress(&client).await.unwrap_or_default());
+                eprintln!(
+                    "== {digest} runs on every tenant, {}s after the tag moved. Ctrl-C to stop (kubectl still works until then).",
+                    at.elapsed().as_secs()
+                );
+            }
         }
-        let tick = tokio::time::sleep(Duration::from_secs(2));
+        let tick = tokio::time::sleep(Duration::from_millis(if step == 2 { 250 } else { 2000 }));
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = tick => {}
@@ -158,21 +179,27 @@ async fn seed_objects(client: &kube::Client, stack: &Stack, canaries: usize, pro
     let channel: ImageChannel = serde_json::from_value(serde_json::json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "ImageChannel",
         "metadata": {"name": "staging"},
-        "spec": {"image": format!("{}/platform-tenant", stack.registry), "tag": "staging", "interval": "30s"}
+        "spec": {"image": format!("{}/platform-tenant", stack.registry), "tag": "staging", "interval": "5s"}
     }))?;
     channels.create(&PostParams::default(), &channel).await?;
+    let stable: ImageChannel = serde_json::from_value(serde_json::json!({
+        "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "ImageChannel",
+        "metadata": {"name": "stable"},
+        "spec": {"image": format!("{}/platform-tenant", stack.registry), "promoteFrom": "staging"}
+    }))?;
+    channels.create(&PostParams::default(), &stable).await?;
     let policies: Api<RolloutPolicy> = Api::namespaced(client.clone(), ns);
     let policy: RolloutPolicy = serde_json::from_value(serde_json::json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
         "metadata": {"name": "default"},
-        "spec": {"strategy": "BlueGreen", "maxConcurrency": "50%", "stagger": "5s",
-                 "canary": {"minCanaries": 1, "soak": "20s", "sampleInterval": "5s"},
+        "spec": {"strategy": "BlueGreen", "maxConcurrency": "25%", "stagger": "5s",
+                 "canary": {"minCanaries": 1, "soak": "20s", "sampleInterval": "2s"},
                  "keepPreviousSlotSeconds": 60}
     }))?;
     policies.create(&PostParams::default(), &policy).await?;
     let tenants: Api<Tenant> = Api::namespaced(client.clone(), ns);
     for i in 0..(canaries + production) {
-        let tier = if i < canaries { "canary" } else { "production" };
+        let (tier, channel) = if i < canaries { ("canary", "staging") } else { ("production", "stable") };
         let slug = format!("org-{i:02}");
         let id = launch_managed(stack, &slug, &[], HostState::Fresh).await?;
         let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
@@ -184,13 +211,88 @@ async fn seed_objects(client: &kube::Client, stack: &Stack, canaries: usize, pro
         let tenant: Tenant = serde_json::from_value(serde_json::json!({
             "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant",
             "metadata": {"name": slug},
-            "spec": {"slug": slug, "instance": {"id": id}, "channel": "staging", "tier": tier,
+            "spec": {"slug": slug, "instance": {"id": id}, "channel": channel, "tier": tier,
                      "rolloutPolicy": "default",
                      "container": {"envFrom": [{"secretRef": {"name": format!("{slug}-env")}}]}}
         }))?;
         tenants.create(&PostParams::default(), &tenant).await?;
     }
     Ok(())
+}
+
+/// Every tenant converged (Ready=True).
+async fn fleet_ready(client: &kube::Client) -> anyhow::Result<bool> {
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), "fleet");
+    let list = tenants.list(&ListParams::default()).await?;
+    Ok(!list.items.is_empty()
+        && list.items.iter().all(|t| {
+            t.status.as_ref().is_some_and(|s| {
+                crate::core::conditions::find(&s.conditions, "Ready").is_some_and(|c| c.status == "True")
+            })
+        }))
+}
+
+/// Every tenant's host serves `digest`.
+async fn fleet_on(client: &kube::Client, digest: &str) -> anyhow::Result<bool> {
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), "fleet");
+    let list = tenants.list(&ListParams::default()).await?;
+    Ok(list.items.iter().all(|t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.observed.as_ref())
+            .and_then(|o| crate::core::tenant::serving(o))
+            .is_some_and(|(_, s)| s.digest.as_deref() == Some(digest) && s.health.as_deref() == Some("healthy"))
+    }))
+}
+
+/// Seconds from `epoch` to the first apply command the simulator received after it.
+async fn first_command_after(stack: &Stack, epoch: f64) -> Option<f64> {
+    let timeline = stack.timeline().await.ok()?;
+    timeline
+        .as_array()?
+        .iter()
+        .filter(|r| r["parameters"]["action"][0].as_str() == Some("apply"))
+        .filter_map(|r| r["requested"].as_f64())
+        .filter(|t| *t >= epoch)
+        .min_by(f64::total_cmp)
+        .map(|t| t - epoch)
+}
+
+/// One line: each rollout's phase and progress, and how many tenants are ready.
+async fn rollout_summary(client: &kube::Client) -> anyhow::Result<String> {
+    let policies: Api<RolloutPolicy> = Api::namespaced(client.clone(), "fleet");
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), "fleet");
+    let list = tenants.list(&ListParams::default()).await?;
+    let ready = list
+        .items
+        .iter()
+        .filter(|t| {
+            t.status.as_ref().is_some_and(|s| {
+                crate::core::conditions::find(&s.conditions, "Ready").is_some_and(|c| c.status == "True")
+            })
+        })
+        .count();
+    let mut parts = vec![format!("ready {ready}/{}", list.items.len())];
+    for p in policies.list(&ListParams::default()).await? {
+        for r in p.status.map(|s| s.rollouts).unwrap_or_default() {
+            let short = crate::core::report::short_digest(&r.digest);
+            let mut part = format!(
+                "{}@{short}: {} canary {}/{} production {}/{}",
+                r.channel, r.phase, r.canary.moved, r.canary.total, r.production.moved, r.production.total
+            );
+            if r.phase == crate::core::rollout::phase::SOAKING
+                && let Some(end) = r.soak_ends_at.as_deref().and_then(|e| e.parse::<jiff::Timestamp>().ok())
+            {
+                let left = jiff::Timestamp::now().duration_until(end).as_secs().max(0);
+                part.push_str(&format!(" (soak ends in {left}s)"));
+            }
+            if r.peak_concurrency > 0 && r.phase != crate::core::rollout::phase::COMPLETE {
+                part.push_str(&format!(" peak {}", r.peak_concurrency));
+            }
+            parts.push(part);
+        }
+    }
+    Ok(parts.join(" | "))
 }
 
 async fn env_revision(client: &kube::Client, name: &str) -> Option<String> {

@@ -26,6 +26,10 @@ enum Command {
     },
     /// Run the controllers against the cluster of the current kubeconfig / service account.
     Run(Box<RunArgs>),
+    /// Ask a RolloutPolicy for something without editing its spec (a one-shot annotation that the
+    /// coordinator acknowledges in status, so it acts once): promote (end the soak now), pause,
+    /// resume, abort (moved tenants go back; the digest is rejected), retry, emergency.
+    Rollout(RolloutArgs),
     /// A local demo: fake API server, simulated fleet, real controllers. No cluster, no AWS.
     #[cfg(feature = "demo")]
     Demo(tenant_operator::demo::DemoArgs),
@@ -78,6 +82,44 @@ struct RunArgs {
     lease_duration_seconds: u64,
 }
 
+#[derive(clap::Args)]
+struct RolloutArgs {
+    /// promote | pause | resume | abort | retry | emergency
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(controller::coordinator::VERBS))]
+    request: String,
+    /// The RolloutPolicy.
+    policy: String,
+    /// Its namespace.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// emergency: the digest to apply to every tier at once (`sha256:...`).
+    #[arg(long, required_if_eq("request", "emergency"))]
+    digest: Option<String>,
+    /// emergency: only the tenants of this channel.
+    #[arg(long)]
+    channel: Option<String>,
+    /// emergency: really move every tier at once (refused without it).
+    #[arg(long)]
+    force: bool,
+}
+
+async fn rollout_request(args: RolloutArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let emergency = args.digest.map(|digest| tenant_operator::core::rollout::Emergency {
+        digest,
+        channel: args.channel,
+        force: args.force,
+    });
+    let token =
+        controller::coordinator::request(client, &args.namespace, &args.policy, &args.request, emergency.as_ref())
+            .await?;
+    println!(
+        "requested {} on rolloutpolicy {}/{} (token {token}); it is acknowledged in status.handledRequests",
+        args.request, args.namespace, args.policy
+    );
+    Ok(())
+}
+
 fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Ok(tenant_operator::crd::Duration::parse(s).map_err(|e| anyhow::anyhow!("bad duration {s:?}: {e}"))?.as_std())
 }
@@ -97,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Run(args) => run(*args).await?,
+        Command::Rollout(args) => rollout_request(args).await?,
         #[cfg(feature = "demo")]
         Command::Demo(args) => tenant_operator::demo::run(args).await?,
     }

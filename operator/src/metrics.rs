@@ -83,6 +83,16 @@ impl Metrics {
         self.commands.get_or_create(&CommandLabels { action: action.into(), outcome: outcome.into() }).inc();
     }
 
+    /// Sets the tenant gauge (every known condition type and status is written, zeros included,
+    /// so a count that drops to zero is seen).
+    pub fn set_tenants(&self, counts: &std::collections::BTreeMap<(String, String), i64>) {
+        for ((condition, status), n) in counts {
+            self.tenants
+                .get_or_create(&ConditionLabels { condition: condition.clone(), status: status.clone() })
+                .set(*n);
+        }
+    }
+
     /// Text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -90,5 +100,55 @@ impl Metrics {
             let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
         }
         out
+    }
+}
+
+/// Condition types counted by the tenant gauge.
+pub const COUNTED_CONDITIONS: [&str; 6] =
+    ["Ready", "Reconciling", "Stalled", "InstanceReachable", "ImageUpToDate", "SecretsSynced"];
+
+/// How many tenants have each counted condition `True` and `False` (a tenant without the condition
+/// counts in neither). Pure.
+pub fn tenants_by_condition(tenants: &[crate::crd::Tenant]) -> std::collections::BTreeMap<(String, String), i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for c in COUNTED_CONDITIONS {
+        for s in ["True", "False"] {
+            out.insert((c.to_string(), s.to_string()), 0);
+        }
+    }
+    for t in tenants {
+        for c in t.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default() {
+            if let Some(n) = out.get_mut(&(c.type_.clone(), c.status.clone())) {
+                *n += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_are_counted_by_condition_and_zeros_are_written() {
+        let t: crate::crd::Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "a", "namespace": "n"},
+            "spec": {"slug": "a", "instance": {"id": "i-1"}, "channel": "c"},
+            "status": {"conditions": [
+                {"type": "Ready", "status": "True", "reason": "Converged", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Stalled", "status": "False", "reason": "Converged", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            ]}
+        }))
+        .unwrap();
+        let counts = tenants_by_condition(&[t.clone(), t]);
+        assert_eq!(counts[&("Ready".to_string(), "True".to_string())], 2);
+        assert_eq!(counts[&("Ready".to_string(), "False".to_string())], 0);
+        let m = Metrics::default();
+        m.set_tenants(&counts);
+        let text = m.encode();
+        assert!(text.contains("tenant_operator_tenants{condition=\"Ready\",status=\"True\"} 2"), "{text}");
+        assert!(text.contains("tenant_operator_tenants{condition=\"Stalled\",status=\"True\"} 0"), "{text}");
     }
 }

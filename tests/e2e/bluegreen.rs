@@ -108,7 +108,8 @@ async fn blue_green_switches_with_zero_failed_requests_and_switches_back_warm() 
     let policy: RolloutPolicy = serde_json::from_value(json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
         "metadata": {"name": "bg", "namespace": NS},
-        "spec": {"strategy": "BlueGreen", "keepPreviousSlotSeconds": 300, "healthCheck": {"timeout": "20s"}}
+        "spec": {"strategy": "BlueGreen", "keepPreviousSlotSeconds": 300, "healthCheck": {"timeout": "20s"},
+                 "canary": {"minCanaries": 0, "soak": "0s"}}
     }))
     .unwrap();
     Api::<RolloutPolicy>::namespaced(bed.client.clone(), NS).create(&PostParams::default(), &policy).await.unwrap();

@@ -299,3 +299,38 @@ async fn throttling_is_backed_off_and_never_a_failure() {
     // One apply per digest: a throttled call is retried, never sent twice.
     assert_eq!(applies(&bed).await.len(), 2, "{}", bed.stack.timeline().await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_newest_revisions_stay_in_parameter_store() {
+    let bed = Bed::start().await.unwrap();
+    let digest = bed.stack.push_image("platform-tenant", "staging", &[("sim.health", "healthy")], false).await.unwrap();
+    channel_at(&bed, "staging", &digest).await;
+    let id = launch_managed(&bed.stack, "echo-r", &[], HostState::Fresh).await.unwrap();
+    let env = |n: usize| json!({"container": {"env": [{"name": "GEN", "value": n.to_string()}]}});
+    bed.create::<Tenant>(tenant_json("echo-r", &id, env(0))).await.unwrap();
+    bed.wait_tenant("echo-r", Duration::from_secs(90), "Ready=True Converged", converged).await.unwrap();
+    // Seven more revisions, one after the other (each a new env, so a new revision parameter).
+    for n in 1..=7 {
+        bed.tenants()
+            .patch("echo-r", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"spec": env(n)})))
+            .await
+            .unwrap();
+        bed.wait_tenant("echo-r", Duration::from_secs(90), "the new revision applied", |t| {
+            converged(t)
+                && t.status
+                    .as_ref()
+                    .is_some_and(|s| s.history.first().is_some_and(|h| h.result == "Succeeded") && s.history.len() > n)
+        })
+        .await
+        .unwrap();
+    }
+    let t = bed.tenants().get("echo-r").await.unwrap();
+    let st = t.status.unwrap();
+    let names = parameters_under(&bed, "/tenant-operator/echo-r/revisions");
+    assert!(names.len() <= tenant_operator::controller::tenant::REVISIONS_KEPT, "{} kept: {names:?}", names.len());
+    // The one running and the one before it (what a rollback needs) are among them.
+    for h in st.history.iter().take(2) {
+        assert!(names.iter().any(|n| n.ends_with(&h.revision)), "{} was pruned: {names:?}", h.revision);
+    }
+    assert_eq!(st.history.len(), 8);
+}

@@ -14,6 +14,7 @@ mod iam;
 mod kubectl;
 mod leader;
 mod manifests;
+mod rollout;
 mod slice;
 mod smoke;
 mod webhook;

@@ -39,6 +39,13 @@ async fn tenant_is_observed_and_gets_kstatus_conditions() {
     let obs = st.observed.unwrap();
     assert!(!obs.managed);
     assert!(obs.blue.is_none() && obs.green.is_none());
+    // Tenants by condition, as Prometheus scrapes them (refreshed every 5 s from the cache).
+    let want = "tenant_operator_tenants{condition=\"Ready\",status=\"False\"} 1";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !bed.metrics.encode().contains(want) {
+        assert!(tokio::time::Instant::now() < deadline, "no {want} in {}", bed.metrics.encode());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The simulator really ran the operator's document on that host.
     let timeline = bed.stack.timeline().await.unwrap();
@@ -100,4 +107,46 @@ async fn agent_offline_is_unreachable_not_failed_and_recovers() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_goes_offline_with_a_command_pending_is_unreachable_and_the_command_lands_later() {
+    let bed = Bed::start().await.unwrap();
+    let id = launch_managed(&bed.stack, "echo-o", &[], HostState::Fresh).await.unwrap();
+    bed.create::<Tenant>(tenant("echo-o", "echo-o", json!({"id": id}))).await.unwrap();
+    bed.wait_tenant("echo-o", Duration::from_secs(60), "a first report", |t| {
+        t.status.as_ref().is_some_and(|s| s.observed.is_some() && s.in_flight.is_none())
+    })
+    .await
+    .unwrap();
+    // The next command is sent while the agent answers, then waits: the agent went away.
+    bed.stack.set_fault(&id, json!({"delivery_delay_seconds": 600.0})).await.unwrap();
+    bed.wait_tenant("echo-o", Duration::from_secs(30), "a command in flight", |t| {
+        t.status.as_ref().and_then(|s| s.in_flight.as_ref()).is_some_and(|f| f.command_id.is_some())
+    })
+    .await
+    .unwrap();
+    bed.stack.set_fault(&id, json!({"agent_offline": true})).await.unwrap();
+    let t = bed
+        .wait_tenant("echo-o", Duration::from_secs(60), "unreachable with the command pending", |t| {
+            cond(t, "InstanceReachable").is_some_and(|c| c.0 == "False")
+        })
+        .await
+        .unwrap();
+    assert_eq!(cond(&t, "InstanceReachable").unwrap().1, "AgentOffline");
+    assert_eq!(cond(&t, "Stalled").unwrap().0, "False", "unreachable is not failed");
+    assert!(t.status.as_ref().unwrap().in_flight.is_some(), "the command stays in flight, not sent again");
+    let sent = bed.stack.timeline().await.unwrap().as_array().unwrap().len();
+    // Back online, delivery resumes: the same command lands, nothing is sent twice meanwhile.
+    bed.stack.set_fault(&id, json!({"agent_offline": false, "delivery_delay_seconds": 0.0})).await.unwrap();
+    bed.wait_tenant("echo-o", Duration::from_secs(90), "reachable again", |t| {
+        cond(t, "InstanceReachable").is_some_and(|c| c.0 == "True")
+            && t.status.as_ref().is_some_and(|s| s.in_flight.is_none())
+    })
+    .await
+    .unwrap();
+    let timeline = bed.stack.timeline().await.unwrap();
+    let statuses: Vec<&str> =
+        timeline.as_array().unwrap()[..sent].iter().filter_map(|r| r["status"].as_str()).collect();
+    assert!(statuses.iter().all(|s| *s != "Pending"), "the pending command finished: {timeline}");
 }

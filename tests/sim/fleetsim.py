@@ -279,10 +279,12 @@ class Host:
                 inv = self.queue[0]
                 delay = self.faults["delivery_delay_seconds"]
             if delay > 0:
-                end = time.time() + delay
+                # The delay is read again while waiting: lowering the fault shortens a wait under way.
+                start = time.time()
                 with sim.cond:
-                    while time.time() < end and not self.removed and inv.status == "Pending":
-                        sim.cond.wait(min(0.1, end - time.time()) or 0.01)
+                    while (time.time() < start + self.faults["delivery_delay_seconds"] and not self.removed
+                           and inv.status == "Pending"):
+                        sim.cond.wait(0.1)
             with sim.cond:
                 if self.removed:
                     return

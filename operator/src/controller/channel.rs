@@ -127,6 +127,13 @@ pub fn controller(ctx: &Context) -> Controller<ImageChannel> {
 }
 
 async fn reconcile(channel: Arc<ImageChannel>, cctx: Arc<ChannelContext>) -> Result<Action, Error> {
+    // Decide from the stored object: the coordinator writes rejections and promotions into the
+    // status, and a cached copy without them would write them away.
+    let ns = channel.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<ImageChannel> = Api::namespaced(cctx.ctx.client.clone(), &ns);
+    let Some(channel) = api.get_opt(&channel.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
     let res = channel.reconcile(&cctx).await;
     cctx.ctx.metrics.reconciled("channel", res.as_ref().map(|_| "ok").unwrap_or_else(|e| e.category()));
     res

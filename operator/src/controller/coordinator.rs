@@ -1,34 +1,62 @@
-//! The minimal rollout coordinator: the one component that writes `Tenant.status.target`.
+//! The rollout coordinator: the one component that writes `Tenant.status.target`.
 //!
-//! Until the rollout engine lands it admits the channel's digest (or the tenant's pin) at once.
-//! It writes with its own field manager and owns nothing but `status.target`.
+//! Two loops share that job, over disjoint tenants:
+//! - a tenant that names no RolloutPolicy, or is pinned (`spec.pinnedDigest`), is admitted at once
+//!   to its pin or its channel's digest ([`admit`]);
+//! - every other tenant moves under its policy: the rollout engine ([`crate::core::rollout`])
+//!   decides, per (policy, channel), which tenants move next, and this module carries the decision
+//!   out: the policy's status first (the rollout's record, handled requests), then the tenants'
+//!   targets, then promotion of channels fed by the source channel, rejection of an aborted digest,
+//!   and events for what changed.
+//!
+//! Manual control is by one-shot annotations on the RolloutPolicy (`fleet.molecule.ai/<verb>:
+//! <token>`, verbs in [`VERBS`]); a token is acknowledged in `status.handledRequests`, so each
+//! request acts once even if the annotation stays. [`request`] writes them (the `rollout`
+//! subcommand uses it).
 
 use super::{COORDINATOR_MANAGER, Context, Error};
-use crate::core::conditions;
-use crate::crd::{ImageChannel, Revision, Tenant};
+use crate::core::channel as channel_rules;
+use crate::core::conditions::{self, Cond};
+use crate::core::rollout::{self, Emergency, Requests, State, TenantView, phase};
+use crate::core::tenant as plan;
+use crate::crd::{
+    DIGEST_PATTERN, ImageChannel, PromotionEvidence, REQUEST_ANNOTATION_PREFIX, Revision, RolloutPolicy, RolloutStatus,
+    Tenant, condition as ct,
+};
 use futures::StreamExt;
 use jiff::Timestamp;
-use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::warn;
+use tracing::{info, warn};
 
-/// What the tenant is admitted to, from its pin or its channel. Pure.
+/// Request verbs, each an annotation `fleet.molecule.ai/<verb>` whose value is a fresh token.
+pub const VERBS: [&str; 6] = ["promote", "pause", "resume", "abort", "retry", "emergency"];
+/// Emergency request: the digest to apply to every tier.
+pub const EMERGENCY_DIGEST: &str = "fleet.molecule.ai/emergency-digest";
+/// Emergency request: only this channel (all of the policy's when absent).
+pub const EMERGENCY_CHANNEL: &str = "fleet.molecule.ai/emergency-channel";
+/// Emergency request: `"true"` to really move every tier at once.
+pub const EMERGENCY_FORCE: &str = "fleet.molecule.ai/emergency-force";
+/// Condition type on a RolloutPolicy: the last emergency request was carried out (or refused).
+pub const EMERGENCY_CONDITION: &str = "EmergencyApplied";
+
+/// What the tenant is admitted to, from its pin or its channel (tenants without a policy, and
+/// pinned ones). Pure.
 pub fn admit(tenant: &Tenant, channel: Option<&ImageChannel>, now: &Timestamp) -> Option<Revision> {
     let channel = channel?;
     let (digest, source) = match &tenant.spec.pinned_digest {
         Some(pin) => (pin.clone(), "pin"),
-        None => {
-            let st = channel.status.as_ref()?;
-            // A channel that is not Ready (registry down) keeps its last good digest in status.
-            let _ = conditions::find(&st.conditions, "Ready");
-            (st.digest.clone()?, "channel")
-        }
+        // A channel that is not Ready (registry down) keeps its last good digest in status.
+        None => (channel.status.as_ref()?.digest.clone()?, "channel"),
     };
     let image = format!("{}@{}", channel.spec.image, digest);
     let current = tenant.status.as_ref().and_then(|s| s.target.as_ref());
@@ -47,8 +75,20 @@ pub fn admit(tenant: &Tenant, channel: Option<&ImageChannel>, now: &Timestamp) -
     })
 }
 
-/// Runs the coordinator until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+/// Whether the rollout engine moves this tenant (otherwise [`admit`] does).
+fn under_policy(t: &Tenant) -> bool {
+    t.spec.rollout_policy.is_some() && t.spec.pinned_digest.is_none()
+}
+
+/// Runs both loops until the shutdown futures resolve.
+pub async fn run<F>(ctx: Arc<Context>, shutdown_direct: F, shutdown_rollouts: F)
+where
+    F: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    tokio::join!(run_direct(ctx.clone(), shutdown_direct), run_rollouts(ctx, shutdown_rollouts));
+}
+
+async fn run_direct(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     let tenants = Api::<Tenant>::all(ctx.client.clone());
     let channels = Api::<ImageChannel>::all(ctx.client.clone());
     let controller = Controller::new(tenants, watcher::Config::default().any_semantic());
@@ -60,12 +100,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             store
                 .state()
                 .into_iter()
-                .filter(|t| t.namespace() == ns && t.spec.channel == name)
+                .filter(|t| t.namespace() == ns && t.spec.channel == name && !under_policy(t))
                 .map(|t| ObjectRef::from_obj(&*t))
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, |_, _, _| Action::requeue(Duration::from_secs(5)), ctx)
+        .run(reconcile_direct, |_, _, _| Action::requeue(Duration::from_secs(5)), ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "coordinator reconcile failed");
@@ -74,18 +114,475 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         .await;
 }
 
-async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile_direct(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if under_policy(&tenant) {
+        return Ok(Action::await_change());
+    }
     let ns = tenant.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let channels: Api<ImageChannel> = Api::namespaced(ctx.client.clone(), &ns);
     let channel = channels.get_opt(&tenant.spec.channel).await?;
     let target = admit(&tenant, channel.as_ref(), &Timestamp::now());
     let current = tenant.status.as_ref().and_then(|s| s.target.clone());
-    if target != current && target.is_some() {
-        let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({"apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant", "status": {"target": target}});
-        api.patch_status(&tenant.name_any(), &PatchParams::apply(COORDINATOR_MANAGER).force(), &Patch::Apply(&patch))
-            .await?;
+    if target != current
+        && let Some(target) = target
+    {
+        write_target(&ctx, &ns, &tenant.name_any(), &target).await?;
     }
     ctx.metrics.reconciled("coordinator", "ok");
     Ok(Action::await_change())
+}
+
+async fn write_target(ctx: &Context, ns: &str, tenant: &str, target: &Revision) -> Result<(), Error> {
+    let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({"apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant", "status": {"target": target}});
+    api.patch_status(tenant, &PatchParams::apply(COORDINATOR_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+async fn run_rollouts(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let policies = Api::<RolloutPolicy>::all(ctx.client.clone());
+    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    controller
+        .watches(Api::<Tenant>::all(ctx.client.clone()), watcher::Config::default().any_semantic(), |t: Tenant| {
+            let ns = t.namespace().unwrap_or_default();
+            t.spec.rollout_policy.map(|p| ObjectRef::<RolloutPolicy>::new(&p).within(&ns))
+        })
+        .watches(Api::<ImageChannel>::all(ctx.client.clone()), watcher::Config::default().any_semantic(), move |ch| {
+            let ns = ch.namespace();
+            store
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns)
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_policy, |_, _, _| Action::requeue(Duration::from_secs(5)), ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "rollout reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// The requests on the policy that were not handled yet, and their tokens (to acknowledge).
+pub fn pending_requests(policy: &RolloutPolicy) -> (Requests, BTreeMap<String, String>, Option<String>) {
+    let annotations = policy.annotations();
+    let handled = policy.status.as_ref().map(|s| s.handled_requests.clone()).unwrap_or_default();
+    let mut acks = BTreeMap::new();
+    let mut req = Requests::default();
+    let mut invalid = None;
+    for verb in VERBS {
+        let Some(token) = annotations.get(&format!("{REQUEST_ANNOTATION_PREFIX}{verb}")) else {
+            continue;
+        };
+        if handled.get(verb) == Some(token) || token.is_empty() {
+            continue;
+        }
+        acks.insert(verb.to_string(), token.clone());
+        match verb {
+            "promote" => req.promote = true,
+            "pause" => req.pause = true,
+            "resume" => req.resume = true,
+            "abort" => req.abort = true,
+            "retry" => req.retry = true,
+            _ => {
+                let digest = annotations.get(EMERGENCY_DIGEST).cloned().unwrap_or_default();
+                let valid = regex_lite_digest(&digest);
+                if valid {
+                    req.emergency = Some(Emergency {
+                        digest,
+                        channel: annotations.get(EMERGENCY_CHANNEL).cloned(),
+                        force: annotations.get(EMERGENCY_FORCE).map(String::as_str) == Some("true"),
+                    });
+                } else {
+                    invalid =
+                        Some(format!("emergency request refused: {EMERGENCY_DIGEST} must match {DIGEST_PATTERN}"));
+                }
+            }
+        }
+    }
+    (req, acks, invalid)
+}
+
+fn regex_lite_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+/// The annotations that make a request (the token should be new each time).
+pub fn request_annotations(verb: &str, token: &str, emergency: Option<&Emergency>) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::new();
+    a.insert(format!("{REQUEST_ANNOTATION_PREFIX}{verb}"), token.to_string());
+    if let Some(e) = emergency {
+        a.insert(EMERGENCY_DIGEST.into(), e.digest.clone());
+        a.insert(EMERGENCY_FORCE.into(), e.force.to_string());
+        if let Some(c) = &e.channel {
+            a.insert(EMERGENCY_CHANNEL.into(), c.clone());
+        }
+    }
+    a
+}
+
+/// Makes a request on a policy (a merge patch of its annotations). Returns the token.
+pub async fn request(
+    client: kube::Client,
+    ns: &str,
+    policy: &str,
+    verb: &str,
+    emergency: Option<&Emergency>,
+) -> Result<String, Error> {
+    if !VERBS.contains(&verb) {
+        return Err(Error::InvalidRequest(format!("unknown request {verb:?}; one of {}", VERBS.join(", "))));
+    }
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let mut annotations = serde_json::Map::new();
+    for (k, v) in request_annotations(verb, &token, emergency) {
+        annotations.insert(k, v.into());
+    }
+    if verb == "emergency" && emergency.is_some_and(|e| e.channel.is_none()) {
+        annotations.insert(EMERGENCY_CHANNEL.into(), serde_json::Value::Null);
+    }
+    let api: Api<RolloutPolicy> = Api::namespaced(client, ns);
+    api.patch(policy, &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"annotations": annotations}})))
+        .await?;
+    Ok(token)
+}
+
+/// How the coordinator sees one tenant relative to its target.
+pub fn view(t: &Tenant) -> TenantView {
+    let st = t.status.clone().unwrap_or_default();
+    let target = st.target.as_ref().map(|x| x.digest.clone());
+    let healthy = match (&st.observed, &st.target) {
+        (Some(o), Some(x)) => plan::runs_target(o, x),
+        _ => false,
+    };
+    let failed = super::tenant::failed_revision(&st).is_some()
+        && st.history.first().and_then(|h| h.digest.as_deref()) == target.as_deref();
+    let ready =
+        conditions::find(&st.conditions, ct::READY).is_some_and(|c| c.status == "True" && c.reason == "Converged");
+    // An observe in flight changes nothing; an apply does.
+    let applying = st.in_flight.as_ref().is_some_and(|f| f.action != "observe");
+    let state = if failed {
+        let why = st.history.first().and_then(|h| h.message.clone()).unwrap_or_else(|| "apply failed".into());
+        State::Failed(why)
+    } else if ready && healthy && !applying {
+        State::Verified
+    } else {
+        State::Moving
+    };
+    TenantView { name: t.name_any(), tier: t.spec.tier, target, state, healthy }
+}
+
+async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = policy.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = policy.name_any();
+    let papi: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    // Decide from the stored objects, never from a cache older than our own last write.
+    let Some(policy) = papi.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let tapi: Api<Tenant> = Api::namespaced(ctx.client.clone(), &ns);
+    let capi: Api<ImageChannel> = Api::namespaced(ctx.client.clone(), &ns);
+    let tenants: Vec<Tenant> = tapi
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|t| t.spec.rollout_policy.as_deref() == Some(name.as_str()) && t.metadata.deletion_timestamp.is_none())
+        .collect();
+    let status = policy.status.clone().unwrap_or_default();
+    let (requests, acks, invalid) = pending_requests(&policy);
+    let now = Timestamp::now();
+    let channels: BTreeSet<String> = tenants.iter().map(|t| t.spec.channel.clone()).collect();
+
+    let mut records = Vec::new();
+    let mut writes: Vec<(String, Revision)> = Vec::new();
+    let mut after: Vec<Followup> = Vec::new();
+    let mut notes = Vec::new();
+    let mut requeue = Duration::from_secs(60);
+    let mut emergency: Option<Cond> = invalid.map(|m| Cond::no(EMERGENCY_CONDITION, "InvalidRequest", m));
+    for ch in &channels {
+        let channel = capi.get_opt(ch).await?;
+        let views: Vec<TenantView> =
+            tenants.iter().filter(|t| &t.spec.channel == ch && under_policy(t) && !t.spec.suspend).map(view).collect();
+        let record = status.rollouts.iter().find(|r| &r.channel == ch);
+        let channel_digest = channel.as_ref().and_then(|c| c.status.as_ref()).and_then(|s| s.digest.clone());
+        let out = rollout::step(&rollout::Input {
+            policy: &name,
+            spec: &policy.spec,
+            channel: ch,
+            channel_digest: channel_digest.as_deref(),
+            promoted: channel.as_ref().is_some_and(|c| c.spec.promote_from.is_some()),
+            record,
+            tenants: &views,
+            requests: &requests,
+            now,
+        });
+        if let Some(m) = &out.emergency_refused {
+            emergency = Some(Cond::no(EMERGENCY_CONDITION, "ForceRequired", m.clone()));
+        }
+        if let Some(m) = &out.emergency_applied {
+            emergency = Some(Cond::yes(EMERGENCY_CONDITION, "Applied", m.clone()));
+        }
+        if let Some(image) = channel.as_ref().map(|c| c.spec.image.clone()) {
+            for (tenant, digest) in &out.admit {
+                let source = match out.record.as_ref().and_then(|r| r.source.as_deref()) {
+                    Some("emergency") => "emergency".to_string(),
+                    _ => format!("rollout/{name}"),
+                };
+                writes.push((
+                    tenant.clone(),
+                    Revision {
+                        digest: digest.clone(),
+                        image: format!("{image}@{digest}"),
+                        env_revision: None,
+                        source: Some(source),
+                        admitted_at: Some(now.to_string()),
+                    },
+                ));
+            }
+        }
+        if let (Some(d), Some(c)) = (&out.reject, &channel) {
+            after.push(Followup::Reject(Box::new(c.clone()), d.clone()));
+        }
+        if out.gate_passed
+            && let Some(r) = &out.record
+        {
+            after.push(Followup::Promote(ch.clone(), Box::new(r.clone())));
+        }
+        if let Some(d) = out.requeue {
+            requeue = requeue.min(d);
+        }
+        notes.extend(out.notes.iter().cloned());
+        if let Some(r) = out.record {
+            records.push(r);
+        }
+    }
+
+    // The record first: after a crash between the writes, the next step finds the batch recorded
+    // (and waits a stagger) instead of admitting a second one.
+    let mut handled = status.handled_requests.clone();
+    handled.extend(acks);
+    let conds = policy_conditions(&records, emergency);
+    let newest = records.iter().max_by(|a, b| a.started_at.cmp(&b.started_at)).map(|r| r.phase.clone());
+    let new_conditions = conditions::merge(&status.conditions, &conds, policy.metadata.generation, &Time(now));
+    let patch = json!({
+        "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
+        "status": {
+            "observedGeneration": policy.metadata.generation,
+            "phase": newest,
+            "rollouts": records,
+            "handledRequests": handled,
+            "conditions": new_conditions,
+        }
+    });
+    let changed = status.rollouts != records
+        || status.handled_requests != handled
+        || status.conditions != new_conditions
+        || status.observed_generation != policy.metadata.generation;
+    if changed {
+        papi.patch_status(&name, &PatchParams::apply(COORDINATOR_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    }
+    for (tenant, target) in &writes {
+        info!(policy = %name, tenant = %tenant, digest = %target.digest, "admitted");
+        write_target(&ctx, &ns, tenant, target).await?;
+    }
+    for f in after {
+        match f {
+            Followup::Reject(channel, digest) => reject(&ctx, &ns, &channel, &digest, &name, now).await?,
+            Followup::Promote(source, record) => promote(&ctx, &ns, &source, &record, &name, now).await?,
+        }
+    }
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    for n in notes {
+        let ev = KubeEvent {
+            type_: if n.warning { EventType::Warning } else { EventType::Normal },
+            reason: n.reason.into(),
+            note: Some(n.message),
+            action: "Rollout".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&ev, &policy.object_ref(&())).await {
+            warn!(error = %e, "could not record event");
+        }
+    }
+    ctx.metrics.reconciled("rollout", "ok");
+    Ok(Action::requeue(requeue.max(Duration::from_millis(200))))
+}
+
+enum Followup {
+    Reject(Box<ImageChannel>, String),
+    Promote(String, Box<RolloutStatus>),
+}
+
+fn policy_conditions(records: &[RolloutStatus], emergency: Option<Cond>) -> Vec<Cond> {
+    let mut out = Vec::new();
+    let halted: Vec<&RolloutStatus> = records.iter().filter(|r| r.phase == phase::HALTED).collect();
+    let waiting: Vec<&RolloutStatus> = records.iter().filter(|r| r.phase == phase::WAITING_FOR_CANARIES).collect();
+    let moving: Vec<&RolloutStatus> = records
+        .iter()
+        .filter(|r| [phase::CANARY, phase::SOAKING, phase::PRODUCTION, phase::EMERGENCY].contains(&r.phase.as_str()))
+        .collect();
+    let msg = |rs: &[&RolloutStatus]| {
+        rs.iter()
+            .map(|r| format!("{}: {}", r.channel, r.message.clone().unwrap_or_else(|| r.phase.clone())))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if !halted.is_empty() {
+        out.push(Cond::no(ct::READY, "RolloutHalted", msg(&halted)));
+        out.push(Cond::yes(ct::STALLED, "RolloutHalted", msg(&halted)));
+        out.push(Cond::no(ct::RECONCILING, "RolloutHalted", "waiting for a retry or a newer digest"));
+    } else if !waiting.is_empty() {
+        out.push(Cond::no(ct::READY, "NoCanaries", msg(&waiting)));
+        out.push(Cond::yes(ct::STALLED, "NoCanaries", msg(&waiting)));
+        out.push(Cond::no(ct::RECONCILING, "NoCanaries", "waiting for canary tenants"));
+    } else if !moving.is_empty() {
+        let paused = moving.iter().all(|r| r.paused);
+        let reason = if paused { "Paused" } else { "Progressing" };
+        out.push(Cond::no(ct::READY, reason, msg(&moving)));
+        out.push(Cond::no(ct::STALLED, reason, "not stalled"));
+        if paused {
+            out.push(Cond::no(ct::RECONCILING, "Paused", "paused by request"));
+        } else {
+            out.push(Cond::yes(ct::RECONCILING, "Progressing", msg(&moving)));
+        }
+    } else {
+        let text = if records.is_empty() { "no rollout".to_string() } else { msg(&records.iter().collect::<Vec<_>>()) };
+        out.push(Cond::yes(ct::READY, "RolloutsComplete", text));
+        out.push(Cond::no(ct::STALLED, "RolloutsComplete", "not stalled"));
+        out.push(Cond::no(ct::RECONCILING, "RolloutsComplete", "nothing to do"));
+    }
+    if let Some(e) = emergency {
+        out.push(e);
+    }
+    out
+}
+
+/// Marks `digest` rejected in the channel (the newest good digest is in force again).
+async fn reject(
+    ctx: &Context,
+    ns: &str,
+    channel: &ImageChannel,
+    digest: &str,
+    policy: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let capi: Api<ImageChannel> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(fresh) = capi.get_opt(&channel.name_any()).await? else {
+        return Ok(());
+    };
+    let reason = format!("rollout under policy {policy} aborted");
+    let Some(st) = channel_rules::rejected(&fresh.spec, fresh.status.as_ref(), digest, &reason, now) else {
+        return Ok(());
+    };
+    let patch = json!({"status": {"digest": st.digest, "short": st.short, "history": st.history}});
+    capi.patch_status(&fresh.name_any(), &PatchParams::apply(COORDINATOR_MANAGER), &Patch::Merge(&patch)).await?;
+    publish(ctx, &fresh, true, "DigestRejected", format!("{digest} rejected: {reason}")).await;
+    Ok(())
+}
+
+/// Gives every channel fed by `source` the digest that passed the gate, with the evidence.
+async fn promote(
+    ctx: &Context,
+    ns: &str,
+    source: &str,
+    record: &RolloutStatus,
+    policy: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let capi: Api<ImageChannel> = Api::namespaced(ctx.client.clone(), ns);
+    for ch in capi.list(&ListParams::default()).await?.items {
+        if ch.spec.promote_from.as_deref() != Some(source) || ch.spec.pinned_digest.is_some() {
+            continue;
+        }
+        let evidence = PromotionEvidence {
+            channel: source.to_string(),
+            policy: policy.to_string(),
+            tenants: record.gate_tenants.clone(),
+            soak_started_at: record.soak_started_at.clone().unwrap_or_default(),
+            passed_at: record.gate_passed_at.clone().unwrap_or_else(|| now.to_string()),
+            how: if record.soak_ends_at.as_deref().and_then(|e| e.parse::<Timestamp>().ok()).is_some_and(|e| now < e) {
+                "manual".into()
+            } else {
+                "soak".into()
+            },
+        };
+        let Some(st) = channel_rules::promoted(&ch.spec, ch.status.as_ref(), &record.digest, evidence, now) else {
+            continue;
+        };
+        let patch = json!({"status": {"digest": st.digest, "short": st.short, "history": st.history}});
+        capi.patch_status(&ch.name_any(), &PatchParams::apply(COORDINATOR_MANAGER), &Patch::Merge(&patch)).await?;
+        let msg = format!(
+            "{} promoted from channel {source}: passed the canary gate of policy {policy} on {}",
+            record.digest,
+            record.gate_tenants.join(", ")
+        );
+        publish(ctx, &ch, false, "Promoted", msg).await;
+    }
+    Ok(())
+}
+
+async fn publish(ctx: &Context, ch: &ImageChannel, warning: bool, reason: &str, note: String) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let ev = KubeEvent {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(note),
+        action: "Rollout".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &ch.object_ref(&())).await {
+        warn!(error = %e, "could not record event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(annotations: serde_json::Value, handled: serde_json::Value) -> RolloutPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
+            "metadata": {"name": "p", "namespace": "ns", "annotations": annotations},
+            "spec": {}, "status": {"handledRequests": handled}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_request_acts_once_per_token() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let p =
+            policy(json!({"fleet.molecule.ai/pause": "t1", "fleet.molecule.ai/abort": "t2"}), json!({"pause": "t1"}));
+        let (req, acks, invalid) = pending_requests(&p);
+        assert!(!req.pause && req.abort && invalid.is_none());
+        assert_eq!(acks, BTreeMap::from([("abort".to_string(), "t2".to_string())]));
+        let p = policy(
+            json!({"fleet.molecule.ai/emergency": "t3", EMERGENCY_DIGEST: d, EMERGENCY_FORCE: "true"}),
+            json!({}),
+        );
+        let (req, _, _) = pending_requests(&p);
+        assert_eq!(req.emergency, Some(Emergency { digest: d.clone(), channel: None, force: true }));
+        let p = policy(json!({"fleet.molecule.ai/emergency": "t3", EMERGENCY_DIGEST: "latest"}), json!({}));
+        let (req, acks, invalid) = pending_requests(&p);
+        assert!(req.emergency.is_none() && invalid.is_some() && acks.contains_key("emergency"));
+    }
+
+    #[test]
+    fn conditions_name_the_halted_tenants() {
+        let r = RolloutStatus {
+            channel: "staging".into(),
+            phase: phase::HALTED.into(),
+            message: Some("halted: p00 failed".into()),
+            ..Default::default()
+        };
+        let c = policy_conditions(&[r], None);
+        assert!(c.iter().any(|c| c.type_ == ct::STALLED && c.status && c.message.contains("p00")));
+        let c = policy_conditions(&[], None);
+        assert!(c.iter().any(|c| c.type_ == ct::READY && c.status));
+    }
 }

@@ -24,6 +24,9 @@ pub enum Error {
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// A request (annotation, subcommand) that cannot be carried out.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     /// Keeping the leader Lease failed.
     #[error("leader lease: {0}")]
     Lease(String),
@@ -52,6 +55,7 @@ impl Error {
             Error::Batch(_) => "ObserveBatchFailed",
             Error::Lease(_) => "LeaseError",
             Error::LeadershipLost => "LeadershipLost",
+            Error::InvalidRequest(_) => "InvalidRequest",
         }
     }
 

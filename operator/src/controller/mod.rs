@@ -138,7 +138,7 @@ pub async fn run_all(
     };
     tokio::join!(
         tenant::run(ctx.clone(), wait(shutdown.clone())),
-        coordinator::run(ctx.clone(), wait(shutdown.clone())),
+        coordinator::run(ctx.clone(), wait(shutdown.clone()), wait(shutdown.clone())),
         channel::run(ctx.clone(), resolver, wait(shutdown.clone())),
     );
 }

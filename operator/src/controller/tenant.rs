@@ -34,6 +34,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let secrets = Api::<Secret>::all(ctx.client.clone());
     let controller = Controller::new(tenants, watcher::Config::default().any_semantic());
     let store = controller.store();
+    // Tenants by condition, from the controller's own cache (no extra API calls).
+    let gauge_store = store.clone();
+    let metrics = ctx.metrics.clone();
+    let gauge = tokio::spawn(async move {
+        loop {
+            let tenants: Vec<Tenant> = gauge_store.state().iter().map(|t| (**t).clone()).collect();
+            metrics.set_tenants(&crate::metrics::tenants_by_condition(&tenants));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let _stop_gauge = AbortOnDrop(gauge);
     controller
         .watches(secrets, watcher::Config::default().any_semantic(), move |secret: Secret| {
             let ns = secret.namespace();
@@ -53,6 +64,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         })
         .await;
+}
+
+/// Aborts a background task when dropped (the gauge stops with the controller).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -201,7 +221,11 @@ impl Tenant {
             None => (None, Cond::yes(ct::SECRETS_SYNCED, "NoTarget", "no target admitted yet")),
         };
         let failed = failed_revision(&status).map(str::to_string);
-        let interval = jittered(ctx.settings.observe_interval, &self.uid().unwrap_or_default());
+        let base = match self.soak_sample_interval(ctx).await? {
+            Some(sample) => ctx.settings.observe_interval.min(sample),
+            None => ctx.settings.observe_interval,
+        };
+        let interval = jittered(base, &self.uid().unwrap_or_default());
         let next = plan::next(&PlanInput {
             now,
             in_flight: status.in_flight.as_ref(),
@@ -275,9 +299,16 @@ impl Tenant {
                 Cond::yes(ct::INSTANCE_REACHABLE, "AgentOnline", format!("the SSM agent of {instance} is online"));
             (instance, Some(reachable))
         };
+        let mut reachable = reachable;
 
         let requeue = match next {
-            Next::Poll => self.poll(ctx, &scope, &instance, &mut status, &now).await?,
+            Next::Poll => {
+                let (requeue, waiting) = self.poll(ctx, &scope, &instance, &mut status, &now).await?;
+                if waiting.is_some() {
+                    reachable = waiting;
+                }
+                requeue
+            }
             Next::Observe => {
                 // Observes are batched with other tenants' (one SendCommand for up to 50 hosts).
                 let sent = ctx.observer().observe(&scope, &instance).await?;
@@ -286,6 +317,7 @@ impl Tenant {
                     command_id: Some(sent.command_id),
                     action: "observe".into(),
                     revision: None,
+                    digest: None,
                     started_at: now.to_string(),
                 });
                 ctx.settings.poll_interval
@@ -324,6 +356,7 @@ impl Tenant {
             command_id: None,
             action: action.to_string(),
             revision: revision.clone(),
+            digest: status.target.as_ref().map(|t| t.digest.clone()),
             started_at: now.to_string(),
         };
         status.in_flight = Some(intent.clone());
@@ -388,8 +421,8 @@ impl Tenant {
         instance: &str,
         status: &mut TenantStatus,
         now: &Timestamp,
-    ) -> Result<Duration, Error> {
-        let Some(mut f) = status.in_flight.clone() else { return Ok(Duration::ZERO) };
+    ) -> Result<(Duration, Option<Cond>), Error> {
+        let Some(mut f) = status.in_flight.clone() else { return Ok((Duration::ZERO, None)) };
         if f.command_id.is_none() {
             match ctx.aws.find_command(scope, instance, &f.intent_token).await? {
                 Some(id) => {
@@ -406,18 +439,37 @@ impl Tenant {
                 }
             }
             status.in_flight = Some(f);
-            return Ok(ctx.settings.poll_interval);
+            return Ok((ctx.settings.poll_interval, None));
         }
         let id = f.command_id.clone().unwrap_or_default();
         let Some(inv) = ctx.aws.invocation(scope, &id, instance).await? else {
-            return Ok(ctx.settings.poll_interval);
+            return Ok((ctx.settings.poll_interval, None));
         };
         if !inv.status.is_final() {
+            // Not delivered for a while: is the agent still there? Offline is "unreachable", not
+            // failed; the command stays in flight (SSM delivers it when the agent returns, or times
+            // it out) and is polled less often meanwhile.
+            let started = f.started_at.parse::<Timestamp>().ok();
+            let waited = started.map(|s| now.duration_since(s).as_secs()).unwrap_or(0);
+            if inv.status == InvocationStatus::Pending && waited >= UNDELIVERED_PING_AFTER_SECS {
+                let ping = ctx.aws.ping(scope, &[instance.to_string()]).await?;
+                if ping.get(instance) != Some(&Ping::Online) {
+                    status.in_flight = Some(f);
+                    let msg = format!("the SSM agent of {instance} went offline; command {id} waits for it");
+                    return Ok((Duration::from_secs(15), Some(Cond::no(ct::INSTANCE_REACHABLE, "AgentOffline", msg))));
+                }
+            }
             status.in_flight = Some(f);
-            return Ok(ctx.settings.poll_interval);
+            return Ok((ctx.settings.poll_interval, None));
         }
         self.finish(ctx, status, &f, &inv, now);
-        Ok(Duration::from_millis(100))
+        if f.action == "apply" && status.history.first().is_some_and(|h| h.result == "Succeeded") {
+            // Old revisions go; the newest few stay for rollback. A failure here is not the apply's.
+            if let Err(e) = self.prune_revisions(ctx, scope, status).await {
+                warn!(tenant = %self.name_any(), error = %e, "could not prune old revision parameters");
+            }
+        }
+        Ok((Duration::from_millis(100), None))
     }
 
     /// Takes a finished command's report into status.
@@ -455,6 +507,7 @@ impl Tenant {
                 0,
                 ApplyRecord {
                     revision: f.revision.clone().unwrap_or_default(),
+                    digest: f.digest.clone(),
                     action: f.action.clone(),
                     result: result.into(),
                     message: Some(message),
@@ -465,6 +518,22 @@ impl Tenant {
             );
             status.history.truncate(ctx.settings.history_limit);
         }
+    }
+
+    /// A canary whose policy is soaking a rollout of its channel is observed at the gate's sample
+    /// interval, so its health is re-sampled through the soak.
+    async fn soak_sample_interval(&self, ctx: &Context) -> Result<Option<Duration>, Error> {
+        let (Some(name), crate::crd::Tier::Canary) = (&self.spec.rollout_policy, self.spec.tier) else {
+            return Ok(None);
+        };
+        let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns_of(self)?);
+        let Some(policy) = api.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let soaking = policy.status.as_ref().is_some_and(|s| {
+            s.rollouts.iter().any(|r| r.channel == self.spec.channel && r.phase == crate::core::rollout::phase::SOAKING)
+        });
+        Ok(soaking.then(|| policy.spec.canary.sample_interval.as_std().max(Duration::from_secs(1))))
     }
 
     /// The policy that governs this tenant (the built-in default when none is named).
@@ -670,6 +739,20 @@ impl Tenant {
     }
 
     /// Deletion: remove the tenant's parameters; the host keeps running.
+    /// Deletes the revision parameters that are neither among the newest applied ones nor the one
+    /// the host reports.
+    async fn prune_revisions(&self, ctx: &Context, scope: &AwsScope, status: &TenantStatus) -> Result<(), Error> {
+        let dir = format!("{}/revisions", parameter_prefix(&ctx.settings.document.param_root, &self.spec.slug));
+        let names = ctx.aws.list_parameters(scope, &dir).await?;
+        let applied = status.observed.as_ref().and_then(|o| o.applied_revision.as_deref());
+        let doomed = revisions_to_prune(&names, &status.history, applied, REVISIONS_KEPT);
+        if !doomed.is_empty() {
+            ctx.aws.delete_parameters(scope, &doomed).await?;
+            info!(tenant = %self.name_any(), removed = doomed.len(), "old revision parameters pruned");
+        }
+        Ok(())
+    }
+
     async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
         let prefix = parameter_prefix(&ctx.settings.document.param_root, &self.spec.slug);
         let scope = self.scope();
@@ -686,9 +769,58 @@ fn ns_of(t: &Tenant) -> Result<String, Error> {
     t.namespace().ok_or(Error::MissingField("metadata.namespace"))
 }
 
-/// The revision whose last apply failed, if the newest apply failed.
-fn failed_revision(status: &TenantStatus) -> Option<&str> {
-    status.history.first().filter(|h| h.action == "apply" && h.result != "Succeeded").map(|h| h.revision.as_str())
+/// A command not delivered after this long makes the operator ask whether the agent is online.
+const UNDELIVERED_PING_AFTER_SECS: i64 = 20;
+
+/// Revision parameters kept per tenant (the newest applied ones), so a rollback has what it needs.
+pub const REVISIONS_KEPT: usize = 5;
+
+/// The revision parameters to delete: all but those of the `keep` newest distinct revisions in the
+/// apply history and the one the host reports it applied. Pure.
+pub fn revisions_to_prune(
+    names: &[String],
+    history: &[crate::crd::ApplyRecord],
+    applied: Option<&str>,
+    keep: usize,
+) -> Vec<String> {
+    let mut kept: Vec<&str> = Vec::new();
+    for h in history.iter().filter(|h| h.action == "apply" && !h.revision.is_empty()) {
+        if kept.len() >= keep {
+            break;
+        }
+        if !kept.contains(&h.revision.as_str()) {
+            kept.push(&h.revision);
+        }
+    }
+    kept.extend(applied);
+    // With no history at all nothing is known to be old: keep everything.
+    if history.is_empty() {
+        return Vec::new();
+    }
+    names
+        .iter()
+        .filter(|n| {
+            let id = n.rsplit('/').next().unwrap_or_default();
+            !kept.contains(&id)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The revision whose last apply failed, if the newest apply failed after the target was admitted
+/// (the coordinator admitting the same revision again, a retry, asks for one more attempt).
+pub fn failed_revision(status: &TenantStatus) -> Option<&str> {
+    let admitted =
+        status.target.as_ref().and_then(|t| t.admitted_at.as_deref()).and_then(|a| a.parse::<Timestamp>().ok());
+    status
+        .history
+        .first()
+        .filter(|h| h.action == "apply" && h.result != "Succeeded")
+        .filter(|h| match (admitted, h.started_at.parse::<Timestamp>()) {
+            (Some(a), Ok(started)) => started >= a,
+            _ => true,
+        })
+        .map(|h| h.revision.as_str())
 }
 
 /// The policy used when a tenant names none: in place, one at a time, default health check.
@@ -710,4 +842,38 @@ fn jittered(interval: Duration, key: &str) -> Duration {
     let h = key.bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b)));
     let fifth = interval.as_millis() as u64 / 5;
     if fifth == 0 { interval } else { interval + Duration::from_millis(h % fifth) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ApplyRecord;
+
+    fn rec(rev: &str, result: &str) -> ApplyRecord {
+        ApplyRecord {
+            revision: rev.into(),
+            digest: None,
+            action: "apply".into(),
+            result: result.into(),
+            message: None,
+            command_id: None,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn the_newest_revisions_and_the_applied_one_are_kept() {
+        let names: Vec<String> =
+            ["r1", "r2", "r3", "r4", "r5", "r6", "r7"].iter().map(|r| format!("/t/acme/revisions/{r}")).collect();
+        // Newest first; r6 failed once and succeeded later (one entry each).
+        let history =
+            vec![rec("r7", "Succeeded"), rec("r6", "RolledBack"), rec("r6", "Succeeded"), rec("r5", "Succeeded")];
+        let doomed = revisions_to_prune(&names, &history, Some("r2"), 2);
+        assert_eq!(
+            doomed,
+            vec!["/t/acme/revisions/r1", "/t/acme/revisions/r3", "/t/acme/revisions/r4", "/t/acme/revisions/r5"]
+        );
+        assert!(revisions_to_prune(&names, &[], None, 2).is_empty(), "no history: nothing is known to be old");
+    }
 }

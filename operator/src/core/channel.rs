@@ -164,6 +164,67 @@ pub fn next_status(
     st
 }
 
+/// A promoted channel's digest, short digest and history after `digest` passed the source's gate.
+/// `None` when there is nothing to change (already in force, or rejected for this channel).
+pub fn promoted(
+    spec: &ImageChannelSpec,
+    prev: Option<&ImageChannelStatus>,
+    digest: &str,
+    evidence: crate::crd::PromotionEvidence,
+    now: Timestamp,
+) -> Option<ImageChannelStatus> {
+    let mut st = prev.cloned().unwrap_or_default();
+    if st.digest.as_deref() == Some(digest) || is_rejected(&st.history, digest) {
+        return None;
+    }
+    st.digest = Some(digest.to_string());
+    bring_to_front(&mut st.history, digest, DigestSource::Promotion, &now.to_string());
+    if let Some(first) = st.history.first_mut() {
+        first.evidence = Some(evidence);
+    }
+    st.short = st.digest.as_deref().map(short_digest);
+    bound(&mut st.history, spec.history_limit, st.digest.as_deref());
+    Some(st)
+}
+
+/// The channel after a rollout of `digest` was aborted: the digest is marked rejected (sticky) and
+/// the newest good digest is in force again. `None` when it was rejected already.
+pub fn rejected(
+    spec: &ImageChannelSpec,
+    prev: Option<&ImageChannelStatus>,
+    digest: &str,
+    reason: &str,
+    now: Timestamp,
+) -> Option<ImageChannelStatus> {
+    let mut st = prev.cloned().unwrap_or_default();
+    if is_rejected(&st.history, digest) {
+        return None;
+    }
+    if !st.history.iter().any(|h| h.digest == digest) {
+        st.history.insert(
+            0,
+            ChannelHistoryEntry {
+                digest: digest.to_string(),
+                first_seen: now.to_string(),
+                source: DigestSource::Registry,
+                rejected: false,
+                rejected_reason: None,
+                evidence: None,
+            },
+        );
+    }
+    for h in st.history.iter_mut().filter(|h| h.digest == digest) {
+        h.rejected = true;
+        h.rejected_reason = Some(reason.to_string());
+    }
+    if spec.pinned_digest.is_none() {
+        st.digest = last_good(&st);
+    }
+    st.short = st.digest.as_deref().map(short_digest);
+    bound(&mut st.history, spec.history_limit, st.digest.as_deref());
+    Some(st)
+}
+
 fn is_rejected(history: &[ChannelHistoryEntry], digest: &str) -> bool {
     history.iter().any(|h| h.digest == digest && h.rejected)
 }
@@ -410,6 +471,32 @@ mod tests {
         st = next_status(&s, Some(&st), &Resolution::Resolved(d(4)), Some(1), at(3));
         assert_eq!(st.history.len(), 1);
         assert_eq!(st.history[0].digest, d(4));
+    }
+
+    #[test]
+    fn promotion_records_evidence_and_rejection_restores_the_last_good() {
+        let mut s = spec();
+        s.tag = None;
+        s.promote_from = Some("staging".into());
+        let ev = crate::crd::PromotionEvidence {
+            channel: "staging".into(),
+            policy: "bg".into(),
+            tenants: vec!["c0".into()],
+            soak_started_at: at(1).to_string(),
+            passed_at: at(2).to_string(),
+            how: "soak".into(),
+        };
+        let st = promoted(&s, None, &d(1), ev.clone(), at(2)).unwrap();
+        assert_eq!(st.digest, Some(d(1)));
+        assert_eq!(st.history[0].evidence.as_ref(), Some(&ev));
+        assert_eq!(st.history[0].source, DigestSource::Promotion);
+        assert!(promoted(&s, Some(&st), &d(1), ev.clone(), at(3)).is_none(), "already in force");
+        let st2 = promoted(&s, Some(&st), &d(2), ev.clone(), at(3)).unwrap();
+        let st3 = rejected(&s, Some(&st2), &d(2), "aborted", at(4)).unwrap();
+        assert_eq!(st3.digest, Some(d(1)));
+        assert!(st3.history.iter().any(|h| h.digest == d(2) && h.rejected));
+        assert!(rejected(&s, Some(&st3), &d(2), "again", at(5)).is_none());
+        assert!(promoted(&s, Some(&st3), &d(2), ev, at(6)).is_none(), "a rejected digest is not promoted");
     }
 
     #[test]

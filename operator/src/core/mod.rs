@@ -5,4 +5,5 @@
 pub mod channel;
 pub mod conditions;
 pub mod report;
+pub mod rollout;
 pub mod tenant;

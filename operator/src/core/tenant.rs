@@ -147,6 +147,7 @@ mod tests {
             command_id: None,
             action: "observe".into(),
             revision: None,
+            digest: None,
             started_at: "2026-01-01T00:00:00Z".into(),
         };
         input.in_flight = Some(&f);

@@ -16,9 +16,33 @@ pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
 /// A duration written as Kubernetes writes them (`30s`, `5m`, `1h30m`), never negative.
 ///
 /// Seconds are accepted everywhere so that tests and demos can run fast.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(transparent)]
 pub struct Duration(pub kube::core::Duration);
+
+/// Written in the schema's own form (`1h30m`, `0s`, `1s500ms`), so a value read back and written
+/// again still validates (kube's own form writes zero as `0ns`, which the pattern refuses).
+impl Serialize for Duration {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl std::fmt::Display for Duration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ms = self.as_std().as_millis();
+        if ms == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, size) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+            if ms >= size {
+                write!(f, "{}{unit}", ms / size)?;
+                ms %= size;
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Duration {
     /// Parses a duration; panics never, returns an error for a malformed value.
@@ -95,4 +119,42 @@ pub mod condition {
     pub const IMAGE_UP_TO_DATE: &str = "ImageUpToDate";
     /// Every referenced Secret and key exists and is in the target revision.
     pub const SECRETS_SYNCED: &str = "SecretsSynced";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_written_in_the_form_the_schema_accepts() {
+        assert_eq!(DURATION_PATTERN, "^([0-9]+(ms|s|m|h))+$", "the check below mirrors this pattern");
+        for (input, written) in [("0s", "0s"), ("90s", "1m30s"), ("1500ms", "1s500ms"), ("2h", "2h"), ("30m", "30m")] {
+            let d = Duration::parse(input).unwrap();
+            let json = serde_json::to_value(&d).unwrap();
+            assert_eq!(json, serde_json::json!(written));
+            assert!(matches_pattern(written), "{written} does not match the pattern");
+            let back: Duration = serde_json::from_value(json).unwrap();
+            assert_eq!(back.as_std(), d.as_std());
+        }
+    }
+
+    /// The schema's pattern, checked by hand: digits then a unit, repeated.
+    fn matches_pattern(s: &str) -> bool {
+        let mut rest = s;
+        if rest.is_empty() {
+            return false;
+        }
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return false;
+            }
+            rest = &rest[digits..];
+            match ["ms", "s", "m", "h"].into_iter().find(|u| rest.starts_with(u)) {
+                Some(u) => rest = &rest[u.len()..],
+                None => return false,
+            }
+        }
+        true
+    }
 }

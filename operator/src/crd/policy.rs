@@ -217,23 +217,64 @@ pub struct RolloutStatus {
     pub channel: String,
     /// Digest rolling out.
     pub digest: String,
-    /// `Canary`, `Soaking`, `Production`, `Paused`, `Halted`, `Aborted`, `Complete`, `WaitingForCanaries`.
+    /// The channel's digest this rollout answers (differs from `digest` for an emergency rollout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_digest: Option<String>,
+    /// `channel` or `emergency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `Canary`, `WaitingForCanaries`, `Soaking`, `Production`, `Halted`, `Aborted`, `Complete`,
+    /// `Emergency`.
     pub phase: String,
+    /// New batches wait while paused (a `pause` request; `resume` clears it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// Canary tier progress.
     #[serde(default)]
     pub canary: TierProgress,
     /// Production tier progress.
     #[serde(default)]
     pub production: TierProgress,
+    /// When the soak started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_started_at: Option<String>,
     /// When the soak ends (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soak_ends_at: Option<String>,
-    /// Tenants that failed.
+    /// When the canary gate passed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_passed_at: Option<String>,
+    /// Canary tenants the gate passed on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gate_tenants: Vec<String>,
+    /// When the newest batch was admitted (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_batch_at: Option<String>,
+    /// When the newest batch finished (every tenant in it verified or failed; RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_done_at: Option<String>,
+    /// The largest number of tenants that were moving at once.
+    #[serde(default)]
+    pub peak_concurrency: i32,
+    /// Tenants that failed verification (rolled back).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_tenants: Vec<String>,
+    /// What each moved tenant ran before (tenant name and digest), for rollback and abort.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub previous: std::collections::BTreeMap<String, String>,
+    /// The newest digest of this channel that completed under this policy: what new tenants get
+    /// while a rollout is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_digest: Option<String>,
+    /// Digests of this channel aborted under this policy: never admitted again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<String>,
     /// Start (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    /// Human-readable state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Status of a RolloutPolicy.

@@ -435,6 +435,9 @@ pub struct InFlightCommand {
     /// The revision the command carries, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// The image digest of that revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// When the intent was written (RFC 3339).
     pub started_at: String,
 }
@@ -445,6 +448,9 @@ pub struct InFlightCommand {
 pub struct ApplyRecord {
     /// The revision applied.
     pub revision: String,
+    /// The image digest of that revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// The action.
     pub action: String,
     /// `Succeeded`, `RolledBack`, `Failed`, `TimedOut`.

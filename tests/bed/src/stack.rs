@@ -284,6 +284,15 @@ impl Stack {
 
     /// Sets faults on a host: `{"agent_offline": bool, "delivery_delay_seconds": f64,
     /// "throttle_next": n, "fail_next_delivery": n, "unhealthy": bool}` (any subset).
+    /// Stops the OCI registry (the registry going down); hosts keep running what they run.
+    pub async fn stop_registry(&mut self) -> Result<()> {
+        if let Some(mut child) = self.registry_proc.take() {
+            child.start_kill().context("stopping the registry")?;
+            child.wait().await.context("reaping the registry")?;
+        }
+        Ok(())
+    }
+
     pub async fn set_fault(&self, instance: &str, fault: Value) -> Result<()> {
         self.sim_post(&format!("/_sim/hosts/{instance}/faults"), fault).await.map(|_| ())
     }
