@@ -9,6 +9,8 @@ use crate::harness::{Bed, NS, cond};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tenant_operator::crd::{RolloutPolicy, Slot, Tenant};
 use tenant_operator::demo::launch_managed;
@@ -134,7 +136,27 @@ async fn bearer_never_leaks(bed: &Bed, id: &str) {
     assert!(log.contains("smoke check api-with-bearer: expected 200, got 200"), "{log}");
 }
 
-async fn setup(bed: &Bed, slug: &str, strategy: &str, good_labels: &[(&str, &str)]) -> (String, String, String) {
+/// A listener standing for "anywhere else": counts the connections made to it.
+async fn trap() -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_sock, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (port, hits)
+}
+
+async fn setup(
+    bed: &Bed,
+    slug: &str,
+    strategy: &str,
+    trap_port: u16,
+    good_labels: &[(&str, &str)],
+) -> (String, String, String) {
     let mut labels = vec![("sim.health", "healthy"), ("sim.bearer-env", "API_TOKEN")];
     labels.extend_from_slice(good_labels);
     let good = bed.stack.push_image("platform-tenant", &format!("{slug}-good"), &labels, false).await.unwrap();
@@ -150,6 +172,8 @@ async fn setup(bed: &Bed, slug: &str, strategy: &str, good_labels: &[(&str, &str
                 {"name": "api-with-bearer", "path": "/api/orgs?limit=1", "expectStatus": 200, "bearerEnv": "API_TOKEN"},
                 {"name": "liveness-needs-auth", "path": "/api/orgs", "expectStatus": 401},
                 {"name": "redirect-not-followed", "path": "/redirect", "expectStatus": 302, "method": "HEAD", "bearerEnv": "API_TOKEN"},
+                // Looks like an authority, is a path: the slot app answers 404, nothing else is asked.
+                {"name": "stays-local", "path": format!("/@127.0.0.1:{trap_port}/x"), "expectStatus": 404, "bearerEnv": "API_TOKEN"},
             ]
         }
     }))
@@ -171,7 +195,8 @@ async fn setup(bed: &Bed, slug: &str, strategy: &str, good_labels: &[(&str, &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_checks_pass_a_good_image_and_roll_back_a_failing_one_in_place() {
     let bed = Bed::start().await.unwrap();
-    let (id, good, bad) = setup(&bed, "smoky", "InPlace", &[]).await;
+    let (trap_port, trapped) = trap().await;
+    let (id, good, bad) = setup(&bed, "smoky", "InPlace", trap_port, &[]).await;
 
     // The good image passes all three checks: bearer 200, no bearer 401, the redirect seen, not followed.
     let t =
@@ -181,6 +206,7 @@ async fn smoke_checks_pass_a_good_image_and_roll_back_a_failing_one_in_place() {
     for line in [
         "smoke check liveness-needs-auth: expected 401, got 401",
         "smoke check redirect-not-followed: expected 302, got 302",
+        "smoke check stays-local: expected 404, got 404",
     ] {
         assert!(log.contains(line), "{line:?} not in the host log:\n{log}");
     }
@@ -194,13 +220,15 @@ async fn smoke_checks_pass_a_good_image_and_roll_back_a_failing_one_in_place() {
     let addr = bed.stack.host_addr(&id);
     assert_eq!(http_get(&addr, 8080, "/health").0, 200);
     assert_eq!(http_get(&addr, 8080, "/api/orgs").0, 401, "the previous build (no bearer) answers 401, not 500");
+    assert_eq!(trapped.load(Ordering::SeqCst), 0, "a smoke check reached another address");
     bearer_never_leaks(&bed, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_smoke_check_never_switches_blue_green() {
     let bed = Bed::start().await.unwrap();
-    let (id, good, bad) = setup(&bed, "smokybg", "BlueGreen", &[]).await;
+    let (trap_port, _) = trap().await;
+    let (id, good, bad) = setup(&bed, "smokybg", "BlueGreen", trap_port, &[]).await;
     let t = bed
         .wait_tenant("smokybg", Duration::from_secs(90), "the good image", converged_on(good.clone()))
         .await
