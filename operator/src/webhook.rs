@@ -12,7 +12,8 @@
 //!
 //! Answers: 202 resolve requested; 401 token missing or wrong (or the token Secret is missing or
 //! empty: no token can match); 404 malformed names, no such channel, or a channel without a webhook;
-//! 413 body too large; 503 the API server could not be asked. No answer says more than its status.
+//! 413 body too large; 503 the API server could not be asked (or too many calls are being checked
+//! at once, [`MAX_CONCURRENT_LOOKUPS`]). No answer says more than its status.
 
 use crate::crd::ImageChannel;
 use axum::Router;
@@ -35,10 +36,16 @@ pub const RESOLVE_REQUEST_ANNOTATION: &str = "fleet.molecule.ai/resolve-requeste
 pub const TOKEN_HEADER: &str = "x-webhook-token";
 /// Field manager of the annotation.
 pub const WEBHOOK_MANAGER: &str = "tenant-operator-webhook";
+/// Calls being checked against the API server at once; beyond, 503 at once (a flood of calls with
+/// made-up tokens must not become a flood of API requests).
+pub const MAX_CONCURRENT_LOOKUPS: usize = 16;
+/// How long one call may take with the API server.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone)]
 struct WebhookState {
     client: kube::Client,
+    lookups: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The webhook's routes (only `POST /webhook/{namespace}/{channel}`).
@@ -46,7 +53,10 @@ pub fn router(client: kube::Client) -> Router {
     Router::new()
         .route("/webhook/{namespace}/{channel}", axum::routing::post(hook))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(WebhookState { client })
+        .with_state(WebhookState {
+            client,
+            lookups: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS)),
+        })
 }
 
 /// Binds `addr` and serves the webhook in the background until `shutdown` resolves; returns the
@@ -121,9 +131,18 @@ async fn hook(
     let Some(token) = presented_token(&headers) else {
         return StatusCode::UNAUTHORIZED;
     };
-    match authorize_and_request(&state.client, &namespace, &channel, token).await {
-        Ok(code) => code,
-        Err(e) => {
+    let Ok(_permit) = state.lookups.try_acquire() else {
+        warn!(namespace, channel, "webhook: too many calls at once; refused");
+        return StatusCode::SERVICE_UNAVAILABLE;
+    };
+    let work = authorize_and_request(&state.client, &namespace, &channel, token);
+    match tokio::time::timeout(LOOKUP_TIMEOUT, work).await {
+        Ok(Ok(code)) => code,
+        Err(_) => {
+            warn!(namespace, channel, "webhook: the API server did not answer in time");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Ok(Err(e)) => {
             warn!(namespace, channel, error = %e, "webhook: the API server could not be asked");
             StatusCode::SERVICE_UNAVAILABLE
         }

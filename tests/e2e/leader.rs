@@ -134,3 +134,34 @@ async fn leader_election_one_writer_and_a_takeover_within_the_lease_duration() {
     assert_eq!(work(&b.metrics), b_done, "controllers kept running after the lease was lost");
     drop(b.stop);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_leaders_lease_is_taken_over_once_it_expires() {
+    let bed = Bed::start_without_controllers().await.unwrap();
+    // A leader that crashed just after renewing: its Lease stays until it expires.
+    let leases: Api<Lease> = Api::namespaced(bed.client.clone(), NS);
+    let renewed = jiff::Timestamp::now();
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": LEASE, "namespace": NS},
+        "spec": {"holderIdentity": "crashed", "acquireTime": renewed.to_string(), "renewTime": renewed.to_string(),
+                 "leaseDurationSeconds": DURATION_SECS, "leaseTransitions": 0}
+    }))
+    .unwrap();
+    leases.create(&Default::default(), &lease).await.unwrap();
+    let t0 = Instant::now();
+    let b = start_instance(&bed, "replica-b").await;
+    // Not before the lease expires...
+    tokio::time::sleep(Duration::from_millis(DURATION_SECS * 1000 - 1000)).await;
+    assert_eq!(holder(&bed).await.as_deref(), Some("crashed"), "the lease was taken before it expired");
+    assert_eq!(work(&b.metrics), 0);
+    // ...and soon after.
+    wait_holder(&bed, "replica-b", Duration::from_secs(DURATION_SECS + 5)).await;
+    let took = t0.elapsed();
+    eprintln!("takeover of a crashed leader's lease after {took:?} (lease duration {DURATION_SECS}s)");
+    assert!(took <= Duration::from_secs(DURATION_SECS + 2), "takeover took {took:?}");
+    b.stop.send(true).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(15), b.task).await.expect("did not stop");
+    assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
+    // Released on the way out.
+    assert_eq!(holder(&bed).await, None);
+}
