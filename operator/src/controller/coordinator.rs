@@ -345,8 +345,22 @@ async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Resu
                 ));
             }
         }
-        if let (Some(d), Some(c)) = (&out.reject, &channel) {
-            after.push(Followup::Reject(Box::new(c.clone()), d.clone()));
+        // Rejections are kept level-triggered: a digest this policy aborted is marked rejected in
+        // the channel now and whenever the channel's status lost the mark (a concurrent write).
+        if let Some(c) = &channel {
+            let mut rejected: Vec<String> = out.record.as_ref().map(|r| r.rejected.clone()).unwrap_or_default();
+            if let Some(d) = &out.reject
+                && !rejected.contains(d)
+            {
+                rejected.push(d.clone());
+            }
+            let history = c.status.as_ref().map(|s| s.history.clone()).unwrap_or_default();
+            for d in rejected {
+                let marked = history.iter().any(|h| h.digest == d && h.rejected);
+                if !marked && c.spec.pinned_digest.is_none() {
+                    after.push(Followup::Reject(Box::new(c.clone()), d));
+                }
+            }
         }
         if out.gate_passed
             && let Some(r) = &out.record
@@ -479,7 +493,12 @@ async fn reject(
     let Some(st) = channel_rules::rejected(&fresh.spec, fresh.status.as_ref(), digest, &reason, now) else {
         return Ok(());
     };
-    let patch = json!({"status": {"digest": st.digest, "short": st.short, "history": st.history}});
+    // Conditional on the version read: a concurrent status write makes this fail and the next
+    // reconcile decide again.
+    let patch = json!({
+        "metadata": {"resourceVersion": fresh.resource_version()},
+        "status": {"digest": st.digest, "short": st.short, "history": st.history}
+    });
     capi.patch_status(&fresh.name_any(), &PatchParams::apply(COORDINATOR_MANAGER), &Patch::Merge(&patch)).await?;
     publish(ctx, &fresh, true, "DigestRejected", format!("{digest} rejected: {reason}")).await;
     Ok(())
