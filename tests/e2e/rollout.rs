@@ -73,7 +73,7 @@ fn target(t: &Tenant) -> Option<String> {
 fn runs(t: &Tenant, digest: &str) -> bool {
     let Some(st) = t.status.as_ref() else { return false };
     converged(t)
-        && st.in_flight.is_none()
+        && st.in_flight.as_ref().is_none_or(|f| f.action == "observe")
         && st.observed.as_ref().and_then(|o| tenant_operator::core::tenant::serving(o)).is_some_and(|(_, s)| {
             s.digest.as_deref() == Some(digest) && s.running && s.health.as_deref() == Some("healthy")
         })
@@ -151,6 +151,19 @@ async fn wait_policy(
 async fn channel_digest(bed: &Bed, name: &str) -> Option<String> {
     let c = Api::<ImageChannel>::namespaced(bed.client.clone(), NS).get(name).await.unwrap();
     c.status.and_then(|s| s.digest)
+}
+
+/// Waits (bounded) until an event for `name` satisfies `pred` (events follow the status write).
+async fn wait_event(bed: &Bed, name: &str, what: &str, pred: impl Fn(&(String, String)) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let events = event_reasons(bed, name).await;
+        if events.iter().any(&pred) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no event {what} for {name}: {events:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Reasons of the events recorded for an object.
@@ -283,9 +296,8 @@ async fn a_moved_tag_moves_canaries_first_then_production_in_bounded_batches_and
     let st0 = applies_of(&bed, &v2).await.into_iter().find(|a| a.0 == "st-0").unwrap();
     assert!(st0.1 >= gate, "st-0 moved before the gate");
 
-    let reasons: Vec<String> = event_reasons(&bed, "waves").await.into_iter().map(|e| e.0).collect();
     for want in ["RolloutStarted", "SoakStarted", "CanaryGatePassed", "RolloutComplete"] {
-        assert!(reasons.iter().any(|r| r == want), "no {want} event: {reasons:?}");
+        wait_event(&bed, "waves", want, |e| e.0 == want).await;
     }
     assert!(event_reasons(&bed, "stable").await.iter().any(|e| e.0 == "Promoted"));
     let ready = pcond(&p, "Ready").unwrap();
@@ -318,7 +330,7 @@ async fn without_canaries_the_rollout_waits_and_a_canary_unhealthy_in_the_soak_f
     for t in bed.tenants().list(&ListParams::default()).await.unwrap() {
         assert_eq!(target(&t).as_deref(), Some(v1.as_str()), "{:?} moved without a canary", t.metadata.name);
     }
-    assert!(event_reasons(&bed, "gated").await.iter().any(|e| e.0 == "NoCanaries"));
+    wait_event(&bed, "gated", "NoCanaries", |e| e.0 == "NoCanaries").await;
 
     // A canary arrives: it moves, the soak starts, then it turns unhealthy.
     let ids = fleet(&bed, "gated", &[("can-a", "canary", "staging")]).await;
@@ -334,7 +346,7 @@ async fn without_canaries_the_rollout_waits_and_a_canary_unhealthy_in_the_soak_f
     let stalled = pcond(&p, "Stalled").unwrap();
     assert_eq!((stalled.0.as_str(), stalled.1.as_str()), ("True", "RolloutHalted"));
     assert!(stalled.2.contains("can-a"), "the condition names the failing tenant: {stalled:?}");
-    assert!(event_reasons(&bed, "gated").await.iter().any(|e| e.0 == "RolloutHalted" && e.1.contains("can-a")));
+    wait_event(&bed, "gated", "RolloutHalted naming can-a", |e| e.0 == "RolloutHalted" && e.1.contains("can-a")).await;
     // Production never moved; stable was never promoted; the canary was sent back.
     assert!(applies_of(&bed, &v2).await.iter().all(|a| a.0 == "can-a"));
     for name in ["prod-a", "prod-b"] {
@@ -536,7 +548,7 @@ async fn an_emergency_moves_every_tier_at_once_only_with_force() {
             .await;
     let c = pcond(&p, "EmergencyApplied").unwrap();
     assert_eq!((c.0.as_str(), c.1.as_str()), ("False", "ForceRequired"), "{c:?}");
-    assert!(event_reasons(&bed, "slow").await.iter().any(|e| e.0 == "EmergencyRefused"));
+    wait_event(&bed, "slow", "EmergencyRefused", |e| e.0 == "EmergencyRefused").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for t in bed.tenants().list(&ListParams::default()).await.unwrap() {
         assert_eq!(target(&t).as_deref(), Some(v1.as_str()));
@@ -558,7 +570,7 @@ async fn an_emergency_moves_every_tier_at_once_only_with_force() {
     assert!(admitted.windows(2).all(|w| w[0] == w[1]), "{admitted:?}");
     let p = get_policy(&bed, "slow").await;
     assert_eq!(pcond(&p, "EmergencyApplied").unwrap().0, "True");
-    assert!(event_reasons(&bed, "slow").await.iter().any(|e| e.0 == "EmergencyRollout" && e.1.contains(&fix)));
+    wait_event(&bed, "slow", "EmergencyRollout", |e| e.0 == "EmergencyRollout" && e.1.contains(&fix)).await;
     // Applying it again is a no-op: no command reaches a host.
     let before = applies_of(&bed, &fix).await.len();
     assert_eq!(before, 3);

@@ -400,16 +400,7 @@ async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Resu
     if changed {
         papi.patch_status(&name, &PatchParams::apply(COORDINATOR_MANAGER).force(), &Patch::Apply(&patch)).await?;
     }
-    for (tenant, target) in &writes {
-        info!(policy = %name, tenant = %tenant, digest = %target.digest, "admitted");
-        write_target(&ctx, &ns, tenant, target).await?;
-    }
-    for f in after {
-        match f {
-            Followup::Reject(channel, digest) => reject(&ctx, &ns, &channel, &digest, &name, now).await?,
-            Followup::Promote(source, record) => promote(&ctx, &ns, &source, &record, &name, now).await?,
-        }
-    }
+    // Events describe what the record now says (durable), before the writes that carry it out.
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     for n in notes {
         let ev = KubeEvent {
@@ -421,6 +412,16 @@ async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Resu
         };
         if let Err(e) = recorder.publish(&ev, &policy.object_ref(&())).await {
             warn!(error = %e, "could not record event");
+        }
+    }
+    for (tenant, target) in &writes {
+        info!(policy = %name, tenant = %tenant, digest = %target.digest, "admitted");
+        write_target(&ctx, &ns, tenant, target).await?;
+    }
+    for f in after {
+        match f {
+            Followup::Reject(channel, digest) => reject(&ctx, &ns, &channel, &digest, &name, now).await?,
+            Followup::Promote(source, record) => promote(&ctx, &ns, &source, &record, &name, now).await?,
         }
     }
     ctx.metrics.reconciled("rollout", "ok");
