@@ -186,11 +186,7 @@ fn check_tag(tag: &str) -> Result<(), RegistryError> {
     if ok { Ok(()) } else { Err(RegistryError::InvalidReference(format!("tag {tag:?} is malformed"))) }
 }
 
-/// Whether `d` is `sha256:` and 64 lower-case hex digits.
-pub fn is_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
-}
+pub use crate::core::report::is_digest;
 
 #[derive(Deserialize)]
 struct DockerConfig {

@@ -86,7 +86,7 @@ fn get(addr: &str, port: u16) -> Result<String, String> {
     }
 }
 
-fn serving(t: &Tenant) -> Option<(Slot, String)> {
+pub(crate) fn serving(t: &Tenant) -> Option<(Slot, String)> {
     let o = t.status.as_ref()?.observed.as_ref()?;
     let slot = o.active_slot?;
     let s = match slot {

@@ -5,10 +5,11 @@
 //! digest; the bearer never shows in a command, the host log or any other file of the bed.
 
 use crate::apply::{channel_at, http_get, secret, tenant_json};
+use crate::bluegreen::serving;
 use crate::harness::{Bed, NS, cond};
+use crate::hostile::files_under;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,16 +18,6 @@ use tenant_operator::demo::launch_managed;
 use testbed::stack::HostState;
 
 const BEARER: &str = "smoke-bearer-5d41402abc4b2a76";
-
-fn serving(t: &Tenant) -> Option<(Slot, String)> {
-    let o = t.status.as_ref()?.observed.as_ref()?;
-    let slot = o.active_slot?;
-    let s = match slot {
-        Slot::Blue => o.blue.as_ref(),
-        Slot::Green => o.green.as_ref(),
-    }?;
-    Some((slot, s.digest.clone()?))
-}
 
 fn converged_on(digest: String) -> impl Fn(&Tenant) -> bool {
     move |t: &Tenant| {
@@ -87,18 +78,6 @@ async fn failed_by_the_smoke_check_and_back_on(bed: &Bed, slug: &str, bad: &str,
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     t
-}
-
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_dir() {
-            files_under(&e.path(), out);
-        } else if ft.is_file() {
-            out.push(e.path());
-        }
-    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

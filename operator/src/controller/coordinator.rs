@@ -190,7 +190,7 @@ pub fn pending_requests(policy: &RolloutPolicy) -> (Requests, BTreeMap<String, S
             "retry" => req.retry = true,
             _ => {
                 let digest = annotations.get(EMERGENCY_DIGEST).cloned().unwrap_or_default();
-                let valid = regex_lite_digest(&digest);
+                let valid = crate::core::report::is_digest(&digest);
                 if valid {
                     req.emergency = Some(Emergency {
                         digest,
@@ -205,11 +205,6 @@ pub fn pending_requests(policy: &RolloutPolicy) -> (Requests, BTreeMap<String, S
         }
     }
     (req, acks, invalid)
-}
-
-fn regex_lite_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// The annotations that make a request (the token should be new each time).

@@ -5,6 +5,7 @@
 //! value again here, builds the tenant's first revision from it and sends `adopt`, which takes the
 //! container over without stopping it. Nothing is taken over unless `spec.adoption` is `Adopt`.
 
+use super::report::is_digest;
 use crate::crd::{
     AdoptionMode, AdoptionStatus, ContainerSpec, ExtraHost, HostObservation, ImportedContainer, RestartPolicy,
     VolumeMount,
@@ -114,10 +115,6 @@ fn is_env_name(s: &str) -> bool {
     matches!(cs.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
         && s.len() <= 128
         && cs.all(|c| c == '_' || c.is_ascii_alphanumeric())
-}
-
-fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')))
 }
 
 fn is_ip(s: &str) -> bool {
