@@ -8,8 +8,6 @@ pub mod aws;
 pub mod controller;
 pub mod core;
 pub mod crd;
-#[cfg(feature = "demo")]
-pub mod demo;
 pub mod host;
 pub mod metrics;
 pub mod registry;

@@ -40,9 +40,6 @@ enum Command {
         #[arg(long, short)]
         namespace: Option<String>,
     },
-    /// A local demo: fake API server, simulated fleet, real controllers. No cluster, no AWS.
-    #[cfg(feature = "demo")]
-    Demo(tenant_operator::demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -56,6 +53,9 @@ struct RunArgs {
     /// SSM endpoint override (for stand-ins).
     #[arg(long, env = "TENANT_OPERATOR_SSM_ENDPOINT")]
     ssm_endpoint: Option<String>,
+    /// Watch and reconcile only this namespace (default: every namespace).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// How often an idle host is observed, e.g. `5m`.
     #[arg(long, default_value = "5m")]
     observe_interval: String,
@@ -159,8 +159,6 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default().await?;
             print!("{}", tenant_operator::adopt::dry_run(client, namespace.as_deref()).await?);
         }
-        #[cfg(feature = "demo")]
-        Command::Demo(args) => tenant_operator::demo::run(args).await?,
     }
     Ok(())
 }
@@ -179,7 +177,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => anyhow::bail!("--hmac-key-file is required: env revisions are keyed by the operator"),
     };
     let settings =
-        Settings { observe_interval: parse_duration(&args.observe_interval)?, env_hmac_key, ..Default::default() };
+        Settings {
+        observe_interval: parse_duration(&args.observe_interval)?,
+        env_hmac_key,
+        watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
+        ..Default::default()
+    };
     let metrics = Arc::new(Metrics::default());
     tenant_operator::telemetry::serve_metrics(args.metrics_addr, metrics.clone()).await?;
     tenant_operator::webhook::serve(args.webhook_addr, client.clone(), std::future::pending()).await?;

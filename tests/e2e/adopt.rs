@@ -4,7 +4,7 @@
 
 use crate::apply::{channel_at, container_env, tenant_json};
 use crate::bluegreen::Load;
-use crate::harness::{Bed, NS, cond};
+use crate::harness::{Bed, cond};
 use crate::hostile::{action_of, b64, contains, converged, files_under, host_docker, parameters_under, unique};
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -228,7 +228,7 @@ async fn dry_run_changes_nothing_and_a_release_restores_the_cron() {
     assert_eq!(cond(&t, "Ready").unwrap(), ("False".to_string(), "NotAdopted".to_string()));
     assert_eq!(cond(&t, "Stalled").unwrap().0, "True");
 
-    let out = tenant_operator::adopt::dry_run(bed.client.clone(), Some(NS)).await.unwrap();
+    let out = tenant_operator::adopt::dry_run(bed.client.clone(), Some(&bed.ns)).await.unwrap();
     eprintln!("{out}");
     assert!(out.contains("would be adopted once spec.adoption is Adopt"), "{out}");
     assert!(out.contains(&d0), "{out}");
@@ -298,7 +298,7 @@ async fn a_registry_login_reaches_the_host_only_through_parameter_store() {
     }})
     .to_string();
     crate::apply::secret(&bed, "pull", &[(".dockerconfigjson", &doc)]).await;
-    let id = tenant_operator::demo::launch_managed(&bed.stack, "gamma", &[], HostState::Fresh).await.unwrap();
+    let id = testbed::demo::launch_managed(&bed.stack, "gamma", &[], HostState::Fresh).await.unwrap();
     bed.create::<Tenant>(tenant_json("gamma", &id, json!({"container": {"imagePullSecret": {"name": "pull"}}})))
         .await
         .unwrap();

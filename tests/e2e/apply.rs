@@ -1,21 +1,21 @@
 //! Tenant reconciliation onto real (simulated) hosts: revision, env from Secrets, rollback.
 
-use crate::harness::{Bed, NS, cond};
+use crate::harness::{Bed, cond};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tenant_operator::crd::{ImageChannel, Tenant};
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
 /// A channel whose status digest is set directly (the channel controller is tested on its own).
 pub async fn channel_at(bed: &Bed, name: &str, digest: &str) {
-    let api: Api<ImageChannel> = Api::namespaced(bed.client.clone(), NS);
+    let api: Api<ImageChannel> = Api::namespaced(bed.client.clone(), &bed.ns);
     if api.get_opt(name).await.unwrap().is_none() {
         let ch: ImageChannel = serde_json::from_value(json!({
             "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "ImageChannel",
-            "metadata": {"name": name, "namespace": NS},
+            "metadata": {"name": name, "namespace": bed.ns},
             "spec": {"image": format!("{}/platform-tenant", bed.stack.registry), "tag": name}
         }))
         .unwrap();
@@ -26,10 +26,10 @@ pub async fn channel_at(bed: &Bed, name: &str, digest: &str) {
 }
 
 pub async fn secret(bed: &Bed, name: &str, data: &[(&str, &str)]) {
-    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(bed.client.clone(), NS);
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(bed.client.clone(), &bed.ns);
     let string_data: BTreeMap<String, String> = data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name, "namespace": bed.ns},
         "data": string_data.iter().map(|(k, v)| (k.clone(), b64(v))).collect::<BTreeMap<_, _>>()
     }))
     .unwrap();
@@ -94,7 +94,7 @@ pub fn tenant_json(name: &str, instance: &str, extra: serde_json::Value) -> serd
         }
     }
     json!({"apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant",
-           "metadata": {"name": name, "namespace": NS}, "spec": spec})
+           "metadata": {"name": name}, "spec": spec})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! warm, and a switch-back needs no pull; no request through the routing port fails meanwhile.
 
 use crate::apply::{channel_at, tenant_json};
-use crate::harness::{Bed, NS, cond};
+use crate::harness::{Bed, cond};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tenant_operator::crd::{RolloutPolicy, Slot, Tenant};
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
 /// Requests through the routing port until stopped: how many each digest answered, and the failures.
@@ -107,12 +107,12 @@ async fn blue_green_switches_with_zero_failed_requests_and_switches_back_warm() 
         .unwrap();
     let policy: RolloutPolicy = serde_json::from_value(json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
-        "metadata": {"name": "bg", "namespace": NS},
+        "metadata": {"name": "bg", "namespace": bed.ns},
         "spec": {"strategy": "BlueGreen", "keepPreviousSlotSeconds": 300, "healthCheck": {"timeout": "20s"},
                  "canary": {"minCanaries": 0, "soak": "0s"}}
     }))
     .unwrap();
-    Api::<RolloutPolicy>::namespaced(bed.client.clone(), NS).create(&PostParams::default(), &policy).await.unwrap();
+    Api::<RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns).create(&PostParams::default(), &policy).await.unwrap();
     channel_at(&bed, "staging", &v1).await;
     let id = launch_managed(&bed.stack, "echo", &[], HostState::Fresh).await.unwrap();
     bed.create::<Tenant>(tenant_json("echo", &id, json!({"rolloutPolicy": "bg"}))).await.unwrap();

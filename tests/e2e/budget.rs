@@ -5,16 +5,16 @@
 //!     cargo test -p tenant-operator-e2e --test e2e budget:: -- --nocapture
 
 use crate::apply::{channel_at, tenant_json};
-use crate::harness::{Bed, cond, test_settings};
+use crate::harness::{Bed, cond};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tenant_operator::aws::Aws;
 use tenant_operator::aws::counting::{Counting, delta};
 use tenant_operator::aws::sdk::SdkAws;
-use tenant_operator::controller::{self, Context, Settings};
+use tenant_operator::controller::{self, Settings};
 use tenant_operator::crd::Tenant;
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
 /// Observe interval of the idle phase (the default is 5 minutes).
@@ -50,14 +50,14 @@ impl Drop for Controllers {
 async fn aws_calls_per_tenant_first_apply_and_idle() {
     let bed = Bed::start_without_controllers().await.unwrap();
     // The harness's controllers, but with the AWS client wrapped in a counter.
-    let counting = Arc::new(Counting::new(tenant_operator::demo::sdk_for(&bed.stack).await, Some(bed.metrics.clone())));
+    let counting = Arc::new(Counting::new(testbed::demo::sdk_for(&bed.stack).await, Some(bed.metrics.clone())));
     // The production poll interval (2 s), so GetCommandInvocation polls per observe (and the
     // reconciles they cause) are what a real deployment sees; only the observe interval is short.
     let settings =
-        Settings { observe_interval: OBSERVE, poll_interval: Settings::default().poll_interval, ..test_settings() };
+        Settings { observe_interval: OBSERVE, poll_interval: Settings::default().poll_interval, ..bed.settings() };
     let poll = settings.poll_interval;
     let aws: Arc<dyn Aws> = counting.clone();
-    let ctx = Arc::new(Context::new(bed.client.clone(), aws, settings, bed.metrics.clone()));
+    let ctx = Arc::new(bed.context(aws, settings, bed.metrics.clone()));
     let resolver = Arc::new(
         tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(
             vec![],

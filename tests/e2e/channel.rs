@@ -2,13 +2,13 @@
 //! manifest (or index) digest, a moved tag moves the channel, a missing tag keeps the last good
 //! digest, a pin wins, and a registry off the allowlist is never contacted.
 
-use crate::harness::{Bed, NS, test_settings};
+use crate::harness::Bed;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tenant_operator::controller::{Context, channel};
+use tenant_operator::controller::channel;
 use tenant_operator::crd::ImageChannel;
 use tenant_operator::registry::{OciResolver, RegistrySettings, Resolve, install_crypto_provider};
 
@@ -30,8 +30,8 @@ impl Drop for Running {
 /// Starts the channel controller with the bed's registry as the only allowed (and plain-HTTP) one.
 async fn start_channels(bed: &Bed) -> Running {
     install_crypto_provider();
-    let aws = tenant_operator::demo::sdk_for(&bed.stack).await;
-    let ctx = Arc::new(Context::new(bed.client.clone(), Arc::new(aws), test_settings(), bed.metrics.clone()));
+    let aws = testbed::demo::sdk_for(&bed.stack).await;
+    let ctx = Arc::new(bed.context(Arc::new(aws), bed.settings(), bed.metrics.clone()));
     let registry = bed.stack.registry.clone();
     let resolver: Arc<dyn Resolve> =
         Arc::new(OciResolver::new(RegistrySettings::new(vec![registry.clone()], vec![registry], vec![])).unwrap());
@@ -43,14 +43,14 @@ async fn start_channels(bed: &Bed) -> Running {
 }
 
 fn channels(bed: &Bed) -> Api<ImageChannel> {
-    Api::namespaced(bed.client.clone(), NS)
+    Api::namespaced(bed.client.clone(), &bed.ns)
 }
 
 async fn create_channel(bed: &Bed, name: &str, spec: serde_json::Value) -> ImageChannel {
     bed.create::<ImageChannel>(json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1",
         "kind": "ImageChannel",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name, "namespace": bed.ns},
         "spec": spec,
     }))
     .await

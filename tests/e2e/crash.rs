@@ -2,12 +2,12 @@
 //! exactly one command runs on the host and the revision is applied once.
 
 use crate::apply::{channel_at, tenant_json};
-use crate::harness::{Bed, cond, test_settings};
+use crate::harness::{Bed, cond};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tenant_operator::crd::Tenant;
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
 async fn crash_then_restart(after_send: bool) {
@@ -58,7 +58,7 @@ async fn crash_then_restart(after_send: bool) {
     let t = bed.tenants().get("kilo").await.unwrap();
     assert!(t.status.unwrap().in_flight.unwrap().command_id.is_none());
 
-    bed.start_controllers(test_settings()).await;
+    bed.start_controllers(bed.settings()).await;
     let done = bed
         .wait_tenant("kilo", Duration::from_secs(90), "convergence on v2", |t| {
             cond(t, "Ready").is_some_and(|c| c.1 == "Converged")

@@ -8,7 +8,7 @@ use kube::api::DeleteParams;
 use serde_json::{Value, json};
 use std::time::Duration;
 use tenant_operator::crd::Tenant;
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
 async fn applies(bed: &Bed) -> Vec<Value> {

@@ -1,5 +1,6 @@
-//! The test bed for end-to-end tests: fake API server + moto + registry + fleet simulator, and the
-//! real controllers running in-process against them.
+//! The test bed for end-to-end tests: the real control plane (one per test binary, each test in a
+//! namespace of its own) + moto + registry + fleet simulator, and the real controllers running
+//! in-process against them with the rights the chart grants (its ServiceAccount's token).
 
 use anyhow::Context as _;
 use kube::api::{Api, PostParams};
@@ -8,16 +9,20 @@ use std::time::Duration;
 use tenant_operator::controller::{self, Context, Settings};
 use tenant_operator::crd::Tenant;
 use tenant_operator::metrics::Metrics;
-use testbed::apiserver::FakeApiServer;
+use testbed::controlplane::ControlPlane;
 use testbed::stack::Stack;
 
 /// Everything one test needs.
 pub struct Bed {
-    /// Kept alive for the test's duration (the kubectl tests also use its URL).
-    #[allow(dead_code)]
-    pub server: FakeApiServer,
+    /// The control plane this test binary shares.
+    pub cp: &'static ControlPlane,
+    /// This test's namespace (created for it; its controllers watch only it).
+    pub ns: String,
     pub stack: Stack,
+    /// The admin (what the test itself writes, as a user would).
     pub client: kube::Client,
+    /// The operator's identity: the chart's ServiceAccount, with the chart's RBAC.
+    pub operator_client: kube::Client,
     pub metrics: Arc<Metrics>,
     /// The registry webhook listener (serves for the bed's lifetime, with or without controllers).
     #[allow(dead_code)]
@@ -27,8 +32,6 @@ pub struct Bed {
     stop: Option<tokio::sync::watch::Sender<bool>>,
     controllers: Option<tokio::task::JoinHandle<()>>,
 }
-
-pub const NS: &str = "fleet";
 
 /// Fast settings for tests.
 pub fn test_settings() -> Settings {
@@ -50,28 +53,35 @@ impl Bed {
 
     /// Starts the bed only.
     pub async fn start_without_controllers() -> anyhow::Result<Bed> {
+        Bed::start_in(&format!("e2e-{}", uuid_like())).await
+    }
+
+    /// Starts the bed only, in a namespace of this name (it must not exist yet).
+    pub async fn start_in(ns: &str) -> anyhow::Result<Bed> {
         tenant_operator::registry::install_crypto_provider();
         // Operator logs go to the test's output (shown for failing tests, or with --nocapture).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new("info,kube=warn,aws=warn"))
             .with_test_writer()
             .try_init();
+        let cp = ControlPlane::shared().await.context("the control plane")?;
+        let operator_client = cp.operator_client().await.context("installing the operator (crds/, chart)")?;
+        let client = cp.admin_client().await?;
         let stack = Stack::start().await.context("test bed stack")?;
-        let server = FakeApiServer::start().await?;
-        for (_, crd) in tenant_operator::crd::all_crds() {
-            server.install_crd(&crd)?;
-        }
-        let client = server.client()?;
+        let ns = ns.to_string();
         let webhook =
-            tenant_operator::webhook::serve(([127, 0, 0, 1], 0).into(), client.clone(), std::future::pending()).await?;
+            tenant_operator::webhook::serve(([127, 0, 0, 1], 0).into(), operator_client.clone(), std::future::pending())
+                .await?;
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
         namespaces
-            .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?)
+            .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?)
             .await?;
         Ok(Bed {
-            server,
+            cp,
+            ns,
             stack,
             client,
+            operator_client,
             metrics: Arc::new(Metrics::default()),
             webhook,
             ctx: None,
@@ -80,10 +90,21 @@ impl Bed {
         })
     }
 
+    /// [`test_settings`], watching only this test's namespace.
+    pub fn settings(&self) -> Settings {
+        Settings { watch_namespace: Some(self.ns.clone()), ..test_settings() }
+    }
+
+    /// A context for controllers of this test: the operator's client, this namespace only.
+    pub fn context(&self, aws: Arc<dyn tenant_operator::aws::Aws>, mut settings: Settings, metrics: Arc<Metrics>) -> Context {
+        settings.watch_namespace.get_or_insert_with(|| self.ns.clone());
+        Context::new(self.operator_client.clone(), aws, settings, metrics)
+    }
+
     /// Starts the controllers (again, after `stop_controllers`, to simulate a restart).
     pub async fn start_controllers(&mut self, settings: Settings) {
-        let aws = tenant_operator::demo::sdk_for(&self.stack).await;
-        let ctx = Arc::new(Context::new(self.client.clone(), Arc::new(aws), settings, self.metrics.clone()));
+        let aws = testbed::demo::sdk_for(&self.stack).await;
+        let ctx = Arc::new(self.context(Arc::new(aws), settings, self.metrics.clone()));
         let (tx, rx) = tokio::sync::watch::channel(false);
         self.ctx = Some(ctx.clone());
         self.stop = Some(tx);
@@ -108,7 +129,7 @@ impl Bed {
     }
 
     pub fn tenants(&self) -> Api<Tenant> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
     }
 
     /// Applies a manifest given as JSON.
@@ -120,7 +141,7 @@ impl Bed {
             + serde::de::DeserializeOwned
             + serde::Serialize,
     {
-        let api: Api<K> = Api::namespaced(self.client.clone(), NS);
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.ns);
         let obj: K = serde_json::from_value(value)?;
         Ok(api.create(&PostParams::default(), &obj).await?)
     }
@@ -156,6 +177,14 @@ impl Drop for Bed {
             h.abort();
         }
     }
+}
+
+/// A short random suffix for names that must not collide between tests.
+pub fn uuid_like() -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{:x}{seq}", n ^ std::process::id().rotate_left(16))
 }
 
 /// The condition's (status, reason), if present.

@@ -3,7 +3,7 @@
 //! appear in commands, events or host logs.
 
 use crate::apply::{channel_at, container_env, secret, tenant_json};
-use crate::harness::{Bed, NS, cond};
+use crate::harness::{Bed, cond};
 use futures::StreamExt;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tenant_operator::crd::Tenant;
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use testbed::stack::{HostState, venv_bin};
 
 pub fn converged(t: &Tenant) -> bool {
@@ -85,7 +85,7 @@ impl Drop for TenantLog {
 impl TenantLog {
     pub fn start(bed: &Bed) -> TenantLog {
         let seen_all = Arc::new(Mutex::new(Vec::new()));
-        let api: Api<Tenant> = Api::namespaced(bed.client.clone(), NS);
+        let api: Api<Tenant> = Api::namespaced(bed.client.clone(), &bed.ns);
         let seen = seen_all.clone();
         let task = tokio::spawn(async move {
             use kube::runtime::WatchStreamExt;
@@ -328,7 +328,7 @@ async fn a_slug_that_is_not_a_dns_label_is_refused_by_the_api_server() {
             },
         }
     }
-    let tenants: Api<Tenant> = Api::namespaced(bed.client.clone(), NS);
+    let tenants: Api<Tenant> = Api::namespaced(bed.client.clone(), &bed.ns);
     assert!(tenants.list(&ListParams::default()).await.unwrap().items.is_empty());
 }
 
@@ -418,11 +418,11 @@ async fn no_secret_value_in_commands_events_or_host_logs() {
         .unwrap();
     let policy: tenant_operator::crd::RolloutPolicy = serde_json::from_value(json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
-        "metadata": {"name": "fast", "namespace": NS},
+        "metadata": {"name": "fast", "namespace": bed.ns},
         "spec": {"strategy": "InPlace", "healthCheck": {"timeout": "3s"}, "canary": {"minCanaries": 0, "soak": "0s"}}
     }))
     .unwrap();
-    Api::<tenant_operator::crd::RolloutPolicy>::namespaced(bed.client.clone(), NS)
+    Api::<tenant_operator::crd::RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns)
         .create(&Default::default(), &policy)
         .await
         .unwrap();

@@ -14,13 +14,13 @@
 //! policies use (an unknown operator fails the test rather than being misjudged).
 
 use crate::apply::{channel_at, tenant_json};
-use crate::harness::{Bed, cond, test_settings};
+use crate::harness::{Bed, cond};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tenant_operator::crd::Tenant;
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
 fn repo_root() -> PathBuf {
@@ -397,7 +397,7 @@ async fn every_aws_call_of_a_real_converge_is_allowed() {
     let moto = bed.stack.moto_url.clone();
     curl(&["-X", "POST", &format!("{moto}/moto-api/recorder/reset-recording")]);
     curl(&["-X", "POST", &format!("{moto}/moto-api/recorder/start-recording")]);
-    bed.start_controllers(test_settings()).await;
+    bed.start_controllers(bed.settings()).await;
 
     let digest = bed.stack.push_image("platform-tenant", "staging", &[("sim.health", "healthy")], false).await.unwrap();
     channel_at(&bed, "staging", &digest).await;

@@ -6,10 +6,10 @@
 //! test prints a note and passes, unless `TESTBED_REQUIRE_KUBECTL=1` (set by scripts/test).
 
 use crate::apply::{channel_at, tenant_json};
-use crate::harness::{Bed, NS};
+use crate::harness::{Bed};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
 pub fn find_kubectl() -> Option<PathBuf> {
@@ -95,10 +95,12 @@ const EXAMPLE_TENANTS: usize = 5;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_crds_and_examples_gets_columns_and_waits_for_a_real_tenant() {
     let Some(bin) = find_kubectl() else { return };
-    let bed = Bed::start().await.unwrap();
+    // examples/ live in the namespace `fleet`: this test owns it.
+    let mut bed = Bed::start_in("fleet").await.unwrap();
+    bed.start_controllers(bed.settings()).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    bed.server.write_kubeconfig(&kubeconfig).unwrap();
+    bed.cp.write_kubeconfig(&kubeconfig).unwrap();
     let k = Kubectl { bin, kubeconfig, cache: dir.path().join("cache") };
     let root = repo_root();
     let crds = root.join("crds");
@@ -130,7 +132,7 @@ async fn kubectl_applies_crds_and_examples_gets_columns_and_waits_for_a_real_ten
     assert!(out.lines().all(|l| l.ends_with(" unchanged") || l.ends_with(" configured")), "{out}");
 
     // Printer columns.
-    let out = k.ok(&["get", "tenants", "-n", NS]).await;
+    let out = k.ok(&["get", "tenants", "-n", &bed.ns]).await;
     assert_eq!(header(&out), ["NAME", "TIER", "CHANNEL", "RUNNING", "SLOT", "READY", "AGE"], "{out}");
     let rows = names(&out);
     assert_eq!(rows.len(), EXAMPLE_TENANTS, "{out}");
@@ -139,15 +141,15 @@ async fn kubectl_applies_crds_and_examples_gets_columns_and_waits_for_a_real_ten
     }
     let acme = out.lines().find(|l| l.starts_with("acme ")).unwrap();
     assert!(acme.contains(" production ") && acme.contains(" stable "), "{out}");
-    let out = k.ok(&["get", "tenants", "-n", NS, "-o", "wide"]).await;
+    let out = k.ok(&["get", "tenants", "-n", &bed.ns, "-o", "wide"]).await;
     let h = header(&out);
     for col in ["REASON", "INSTANCE"] {
         assert!(h.iter().any(|c| c == col), "-o wide lacks {col}:\n{out}");
     }
     // Short name and category.
-    let out = k.ok(&["get", "tn", "-n", NS]).await;
+    let out = k.ok(&["get", "tn", "-n", &bed.ns]).await;
     assert_eq!(names(&out).len(), EXAMPLE_TENANTS, "{out}");
-    let out = k.ok(&["get", "fleet", "-n", NS]).await;
+    let out = k.ok(&["get", "fleet", "-n", &bed.ns]).await;
     for kind in [
         "tenant.fleet.molecule.ai/acme",
         "imagechannel.fleet.molecule.ai/staging",
@@ -164,22 +166,22 @@ async fn kubectl_applies_crds_and_examples_gets_columns_and_waits_for_a_real_ten
     let manifest = dir.path().join("kube-tenant.yaml");
     let tenant = tenant_json("kube", &id, serde_json::json!({"channel": "kubectl-e2e"}));
     std::fs::write(&manifest, serde_yaml_ng::to_string(&tenant).unwrap()).unwrap();
-    let out = k.ok(&["apply", "-f", manifest.to_str().unwrap()]).await;
+    let out = k.ok(&["apply", "-n", &bed.ns, "-f", manifest.to_str().unwrap()]).await;
     assert!(out.contains("tenant.fleet.molecule.ai/kube created"), "{out}");
     let (ok, out, err) = k
-        .run_for(Duration::from_secs(120), &["wait", "--for=condition=Ready", "tenant/kube", "-n", NS, "--timeout=90s"])
+        .run_for(Duration::from_secs(120), &["wait", "--for=condition=Ready", "tenant/kube", "-n", &bed.ns, "--timeout=90s"])
         .await;
     let status = bed.tenants().get("kube").await.map(|t| serde_json::to_string_pretty(&t.status).unwrap_or_default());
     assert!(ok && out.contains("condition met"), "kubectl wait: {out}\n{err}\nstatus: {status:?}");
 
-    let out = k.ok(&["get", "tenant", "kube", "-n", NS, "-o", "wide"]).await;
+    let out = k.ok(&["get", "tenant", "kube", "-n", &bed.ns, "-o", "wide"]).await;
     let row = out.lines().nth(1).unwrap_or_default();
     assert!(row.contains(" True ") && row.contains(&id), "{out}");
     let short = digest.trim_start_matches("sha256:");
     assert!(row.contains(&short[..12]), "RUNNING column should show the digest {digest}:\n{out}");
 
     // describe shows the controller's events.
-    let out = k.ok(&["describe", "tenant", "kube", "-n", NS]).await;
+    let out = k.ok(&["describe", "tenant", "kube", "-n", &bed.ns]).await;
     let events = out.split("\nEvents:").nth(1).unwrap_or_else(|| panic!("no Events section:\n{out}"));
     assert!(!events.trim_start().starts_with("<none>"), "no events:\n{out}");
     assert!(events.contains("Normal") || events.contains("Warning"), "{out}");

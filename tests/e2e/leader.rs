@@ -3,21 +3,30 @@
 //! stops, and a leader whose Lease is taken stops its controllers.
 
 use crate::apply::{channel_at, tenant_json};
-use crate::harness::{Bed, NS, cond, test_settings};
+use crate::harness::{Bed, cond};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tenant_operator::controller::leader::{LeaseSettings, run_while_leader};
-use tenant_operator::controller::{self, Context, Error};
+use tenant_operator::controller::{self, Error};
 use tenant_operator::crd::Tenant;
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use tenant_operator::metrics::Metrics;
 use tenant_operator::registry::{OciResolver, RegistrySettings, Resolve};
+use testbed::controlplane::OPERATOR_NAMESPACE;
 use testbed::stack::HostState;
 
-const LEASE: &str = "tenant-operator";
+/// Leases live in the operator's namespace, the only one where the chart lets it hold one; each
+/// test its own.
+fn lease(bed: &Bed) -> String {
+    format!("lease-{}", bed.ns)
+}
+
+fn leases(bed: &Bed) -> Api<Lease> {
+    Api::namespaced(bed.client.clone(), OPERATOR_NAMESPACE)
+}
 const DURATION_SECS: u64 = 3;
 
 struct Instance {
@@ -27,18 +36,18 @@ struct Instance {
 }
 
 async fn start_instance(bed: &Bed, identity: &str) -> Instance {
-    let aws = tenant_operator::demo::sdk_for(&bed.stack).await;
+    let aws = testbed::demo::sdk_for(&bed.stack).await;
     let metrics = Arc::new(Metrics::default());
-    let ctx = Arc::new(Context::new(bed.client.clone(), Arc::new(aws), test_settings(), metrics.clone()));
+    let ctx = Arc::new(bed.context(Arc::new(aws), bed.settings(), metrics.clone()));
     let reg = bed.stack.registry.clone();
     let resolver: Arc<dyn Resolve> =
         Arc::new(OciResolver::new(RegistrySettings::new(vec![reg.clone()], vec![reg], vec![])).unwrap());
-    let mut lease = LeaseSettings::new(LEASE, NS, identity);
-    lease.duration_secs = DURATION_SECS;
-    lease.grace_secs = 1;
-    lease.drain = Duration::from_secs(5);
+    let mut lease_settings = LeaseSettings::new(lease(bed), OPERATOR_NAMESPACE, identity);
+    lease_settings.duration_secs = DURATION_SECS;
+    lease_settings.grace_secs = 1;
+    lease_settings.drain = Duration::from_secs(5);
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(run_while_leader(bed.client.clone(), lease, rx, move |stop| {
+    let task = tokio::spawn(run_while_leader(bed.operator_client.clone(), lease_settings, rx, move |stop| {
         controller::run_all(ctx, resolver, stop)
     }));
     Instance { stop, task, metrics }
@@ -57,8 +66,8 @@ fn work(m: &Metrics) -> u64 {
 }
 
 async fn holder(bed: &Bed) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(bed.client.clone(), NS);
-    leases.get_opt(LEASE).await.unwrap()?.spec?.holder_identity
+    let leases = leases(&bed);
+    leases.get_opt(&lease(bed)).await.unwrap()?.spec?.holder_identity
 }
 
 async fn wait_holder(bed: &Bed, who: &str, limit: Duration) -> Duration {
@@ -120,10 +129,10 @@ async fn leader_election_one_writer_and_a_takeover_within_the_lease_duration() {
     assert_eq!(work(&a.metrics), a_done, "the stopped replica kept reconciling");
 
     // Another candidate takes the lease (as after a partition): the leader stops its controllers.
-    let leases: Api<Lease> = Api::namespaced(bed.client.clone(), NS);
+    let leases = leases(&bed);
     let now = jiff::Timestamp::now().to_string();
     let patch = json!({"spec": {"holderIdentity": "intruder", "renewTime": now, "acquireTime": now, "leaseDurationSeconds": 3600}});
-    leases.patch(LEASE, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    leases.patch(&lease(&bed), &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let t0 = Instant::now();
     let lost =
         tokio::time::timeout(Duration::from_secs(DURATION_SECS + 10), b.task).await.expect("the leader kept running");
@@ -139,10 +148,10 @@ async fn leader_election_one_writer_and_a_takeover_within_the_lease_duration() {
 async fn a_crashed_leaders_lease_is_taken_over_once_it_expires() {
     let bed = Bed::start_without_controllers().await.unwrap();
     // A leader that crashed just after renewing: its Lease stays until it expires.
-    let leases: Api<Lease> = Api::namespaced(bed.client.clone(), NS);
+    let leases = leases(&bed);
     let renewed = jiff::Timestamp::now();
     let lease: Lease = serde_json::from_value(json!({
-        "metadata": {"name": LEASE, "namespace": NS},
+        "metadata": {"name": lease(&bed), "namespace": OPERATOR_NAMESPACE},
         "spec": {"holderIdentity": "crashed", "acquireTime": renewed.to_string(), "renewTime": renewed.to_string(),
                  "leaseDurationSeconds": DURATION_SECS, "leaseTransitions": 0}
     }))

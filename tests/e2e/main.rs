@@ -15,6 +15,7 @@ mod iam;
 mod kubectl;
 mod leader;
 mod manifests;
+mod rbac;
 mod rollout;
 mod slice;
 mod smoke;

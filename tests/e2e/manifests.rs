@@ -1,21 +1,26 @@
-//! The manifests users copy and the ones they get wrong.
+//! The manifests users copy and the ones they get wrong, sent through the real kubectl to the real
+//! kube-apiserver (the test bed's control plane) with `crds/` installed as a user installs them:
 //!
-//! * every fleet object in `examples/` passes the schema the CRDs are generated with (structural
-//!   checks and CEL rules, as the API server runs them), loses no field to pruning, and
-//!   deserializes into the operator's Rust type with the same defaults;
-//! * every file in `tests/bad-input/` is rejected, at the field and with the message its header
-//!   names (`# expect-field:`, `# expect-message:`, `# transition: true` for an old/new pair);
-//! * valid objects do pass, so a rejection means something.
+//! * every object in `examples/` is accepted by `kubectl apply --server-side --validate=strict`
+//!   without a warning, loses no field, and the stored (server-defaulted) object deserializes into
+//!   the operator's Rust type with the same value as the object as written;
+//! * every file in `tests/bad-input/` is refused by the server, at the field and with the message its
+//!   header names (`# expect-field:`, `# expect-message:`, `# transition: true` for an old/new
+//!   pair), and by nothing else (one defect per file);
+//! * valid objects do pass, so a refusal means something.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
+use kube::discovery::ApiResource;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tenant_operator::crd::{GROUP, ImageChannel, RolloutPolicy, Tenant, TenantSpec, Tier, VERSION, all_crds};
-use testbed::schema::{FieldError, validate};
+use tenant_operator::crd::{GROUP, ImageChannel, RolloutPolicy, Tenant, TenantSpec, Tier, VERSION};
+use testbed::controlplane::ControlPlane;
 
 /// `apiVersion` of every fleet kind.
 fn fleet_api_version() -> String {
@@ -26,32 +31,6 @@ fn repo_root() -> PathBuf {
     // This crate lives in `<repo>/tests`.
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
-
-/// The served version's `openAPIV3Schema` of each fleet kind, by kind.
-fn schemas() -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    for (file, crd) in all_crds() {
-        let version = crd
-            .spec
-            .versions
-            .iter()
-            .find(|v| v.name == VERSION)
-            .unwrap_or_else(|| panic!("{file}: no version {VERSION}"));
-        let schema = version
-            .schema
-            .as_ref()
-            .and_then(|s| s.open_api_v3_schema.as_ref())
-            .unwrap_or_else(|| panic!("{file}: no openAPIV3Schema"));
-        out.insert(crd.spec.names.kind.clone(), serde_json::to_value(schema).expect("schema serializes"));
-    }
-    assert_eq!(
-        out.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["ImageChannel", "RolloutPolicy", "Tenant"],
-        "all_crds() should define the three fleet kinds"
-    );
-    out
-}
-
 /// `*.yaml` files of a directory, sorted by name (the order `kubectl apply -f dir/` uses).
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -87,23 +66,6 @@ fn is_fleet(doc: &Value) -> bool {
     doc.get("apiVersion").and_then(Value::as_str) == Some(fleet_api_version().as_str())
 }
 
-fn show(errors: &[FieldError]) -> String {
-    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
-}
-
-/// Validates a fleet object like the API server would (create when `old` is `None`).
-fn check(schemas: &BTreeMap<String, Value>, doc: &Value, old: Option<&Value>) -> Result<Value, Vec<FieldError>> {
-    let kind = kind_of(doc);
-    let Some(schema) = schemas.get(kind) else {
-        return Err(vec![FieldError {
-            field: "kind".into(),
-            message: format!("no CRD for kind {kind:?}"),
-            reason: "NotFound".into(),
-        }]);
-    };
-    validate(schema, doc, old)
-}
-
 /// Paths present in `input` but missing in `pruned` (the API server dropped them silently;
 /// `kubectl apply` with strict field validation refuses them).
 fn pruned_paths(input: &Value, pruned: &Value, path: &str, out: &mut Vec<String>) {
@@ -134,8 +96,11 @@ where
 {
     let a: K = serde_json::from_value(raw.clone()).map_err(|e| format!("as written: {e}"))?;
     let b: K = serde_json::from_value(defaulted.clone()).map_err(|e| format!("as defaulted: {e}"))?;
-    let (a, b) =
-        (serde_json::to_value(&a).map_err(|e| e.to_string())?, serde_json::to_value(&b).map_err(|e| e.to_string())?);
+    // The spec: the stored object's metadata is the server's.
+    let (a, b) = (
+        serde_json::to_value(&a).map_err(|e| e.to_string())?["spec"].clone(),
+        serde_json::to_value(&b).map_err(|e| e.to_string())?["spec"].clone(),
+    );
     if a != b {
         return Err(format!("serde defaults differ from schema defaults:\n  serde:  {a}\n  schema: {b}"));
     }
@@ -154,55 +119,6 @@ fn example_documents() -> Vec<(String, Value)> {
         out.extend(docs.into_iter().map(|d| (name.clone(), d)));
     }
     out
-}
-
-#[test]
-fn examples_pass_the_crd_schemas_and_deserialize() {
-    let schemas = schemas();
-    let docs = example_documents();
-    let mut problems = Vec::new();
-    let mut fleet_objects = 0;
-    for (file, doc) in &docs {
-        let what = format!("examples/{file}: {} {:?}", kind_of(doc), name_of(doc));
-        if !is_fleet(doc) {
-            let parsed = match kind_of(doc) {
-                "Namespace" => serde_json::from_value::<Namespace>(doc.clone()).map(drop),
-                "Secret" => serde_json::from_value::<Secret>(doc.clone()).map(drop),
-                other => {
-                    problems.push(format!("{what}: unexpected kind {other:?} in the examples"));
-                    continue;
-                }
-            };
-            if let Err(e) = parsed {
-                problems.push(format!("{what}: {e}"));
-            }
-            continue;
-        }
-        fleet_objects += 1;
-        let defaulted = match check(&schemas, doc, None) {
-            Ok(v) => v,
-            Err(errors) => {
-                problems.push(format!("{what}: rejected: {}", show(&errors)));
-                continue;
-            }
-        };
-        let mut dropped = Vec::new();
-        pruned_paths(doc, &defaulted, "", &mut dropped);
-        if !dropped.is_empty() {
-            problems.push(format!("{what}: unknown fields (pruned): {}", dropped.join(", ")));
-        }
-        let rust = match kind_of(doc) {
-            "Tenant" => same_in_rust::<Tenant>(doc, &defaulted),
-            "ImageChannel" => same_in_rust::<ImageChannel>(doc, &defaulted),
-            "RolloutPolicy" => same_in_rust::<RolloutPolicy>(doc, &defaulted),
-            other => Err(format!("no Rust type for {other}")),
-        };
-        if let Err(e) = rust {
-            problems.push(format!("{what}: {e}"));
-        }
-    }
-    assert!(problems.is_empty(), "{} problem(s) in examples/:\n{}", problems.len(), problems.join("\n"));
-    assert!(fleet_objects >= 6, "examples/ holds only {fleet_objects} fleet objects");
 }
 
 #[test]
@@ -364,15 +280,184 @@ fn field_matches(got: &str, want: &str) -> bool {
     got == want || got.starts_with(&format!("{want}.")) || got.starts_with(&format!("{want}["))
 }
 
-/// Checks one bad-input file; `Err` says why it does not do its job.
-fn check_bad_input(schemas: &BTreeMap<String, Value>, text: &str) -> Result<(), String> {
+
+/// A field error as the server reports it (a cause of its `Invalid` status).
+#[derive(Clone, Debug)]
+struct FieldError {
+    field: String,
+    message: String,
+}
+
+fn show(errors: &[FieldError]) -> String {
+    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+}
+
+/// The control plane with `crds/` installed, an admin client, an admin kubeconfig, and a fresh
+/// namespace.
+struct Server {
+    client: kube::Client,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let cp = ControlPlane::shared().await.expect("the control plane");
+        cp.install_operator().await.expect("crds/ installed");
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        cp.write_kubeconfig(&kubeconfig).unwrap();
+        Server { client: cp.admin_client().await.unwrap(), kubeconfig, _dir: dir }
+    }
+
+    async fn namespace(&self, prefix: &str) -> String {
+        let ns = format!("{prefix}-{}", crate::harness::uuid_like());
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        api.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+            .await
+            .unwrap();
+        ns
+    }
+
+    /// The real kubectl, the manifest on stdin; (success, stdout, stderr).
+    async fn kubectl(&self, args: &[&str], manifest: &Value) -> (bool, String, String) {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(testbed::stack::venv_bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .args(["-f", "-"])
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl runs (scripts/bootstrap installs it)");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(serde_json::to_string(manifest).unwrap().as_bytes()).await.unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().await.unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn dynamic(&self, doc: &Value) -> Api<DynamicObject> {
+        let kind = kind_of(doc);
+        let plural = match kind {
+            "Tenant" => "tenants",
+            "ImageChannel" => "imagechannels",
+            "RolloutPolicy" => "rolloutpolicies",
+            other => panic!("not a fleet kind: {other}"),
+        };
+        let ar = ApiResource {
+            group: GROUP.into(),
+            version: VERSION.into(),
+            api_version: fleet_api_version(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let ns = doc.pointer("/metadata/namespace").and_then(Value::as_str).expect("namespaced");
+        Api::namespaced_with(self.client.clone(), ns, &ar)
+    }
+
+    /// Server-side apply, strict field validation; with `dry_run` nothing is stored. The stored
+    /// object, or the server's field errors.
+    async fn apply(&self, doc: &Value, dry_run: bool) -> Result<Value, Vec<FieldError>> {
+        let params = PatchParams {
+            dry_run,
+            force: true,
+            field_manager: Some("manifests-test".into()),
+            field_validation: Some(ValidationDirective::Strict),
+        };
+        match self.dynamic(doc).patch(name_of(doc), &params, &Patch::Apply(doc)).await {
+            Ok(obj) => Ok(serde_json::to_value(obj).unwrap()),
+            Err(kube::Error::Api(status)) => {
+                let causes = status.details.as_ref().map(|d| d.causes.clone()).unwrap_or_default();
+                if causes.is_empty() {
+                    return Err(vec![FieldError { field: String::new(), message: status.message.clone() }]);
+                }
+                Err(causes.into_iter().map(|c| FieldError { field: c.field, message: c.message }).collect())
+            }
+            Err(e) => panic!("applying {} {}: {e}", kind_of(doc), name_of(doc)),
+        }
+    }
+}
+
+/// A copy of `doc` in namespace `ns`.
+fn in_namespace(doc: &Value, ns: &str) -> Value {
+    let mut d = doc.clone();
+    if d.get("metadata").is_some() {
+        d["metadata"]["namespace"] = json!(ns);
+    }
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_apply_strictly_to_the_real_server_and_deserialize() {
+    let server = Server::start().await;
+    let ns = server.namespace("examples").await;
+    let docs = example_documents();
+    let mut problems = Vec::new();
+    let mut fleet_objects = 0;
+    // The namespace document stays out (the test's own namespace stands in for it); everything
+    // else goes through the real kubectl, as `kubectl apply --server-side --validate=strict -f examples/`.
+    let objects: Vec<Value> =
+        docs.iter().filter(|(_, d)| kind_of(d) != "Namespace").map(|(_, d)| in_namespace(d, &ns)).collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    let (ok, out, err) = server.kubectl(&["apply", "--server-side", "--validate=strict", "-n", &ns], &list).await;
+    assert!(ok, "kubectl apply of examples/ failed:\n{out}\n{err}");
+    assert!(!err.to_lowercase().contains("warning"), "kubectl apply of examples/ warned:\n{err}");
+    for (file, doc) in &docs {
+        let what = format!("examples/{file}: {} {:?}", kind_of(doc), name_of(doc));
+        if !is_fleet(doc) {
+            let parsed = match kind_of(doc) {
+                "Namespace" => serde_json::from_value::<Namespace>(doc.clone()).map(drop),
+                "Secret" => serde_json::from_value::<Secret>(doc.clone()).map(drop),
+                other => {
+                    problems.push(format!("{what}: unexpected kind {other:?} in the examples"));
+                    continue;
+                }
+            };
+            if let Err(e) = parsed {
+                problems.push(format!("{what}: {e}"));
+            }
+            continue;
+        }
+        fleet_objects += 1;
+        let doc = in_namespace(doc, &ns);
+        let stored = serde_json::to_value(server.dynamic(&doc).get(name_of(&doc)).await.unwrap()).unwrap();
+        let mut dropped = Vec::new();
+        pruned_paths(&doc, &stored, "", &mut dropped);
+        if !dropped.is_empty() {
+            problems.push(format!("{what}: fields the server did not keep: {}", dropped.join(", ")));
+        }
+        let rust = match kind_of(&doc) {
+            "Tenant" => same_in_rust::<Tenant>(&doc, &stored),
+            "ImageChannel" => same_in_rust::<ImageChannel>(&doc, &stored),
+            "RolloutPolicy" => same_in_rust::<RolloutPolicy>(&doc, &stored),
+            other => Err(format!("no Rust type for {other}")),
+        };
+        if let Err(e) = rust {
+            problems.push(format!("{what}: {e}"));
+        }
+    }
+    assert!(problems.is_empty(), "{} problem(s) in examples/:\n{}", problems.len(), problems.join("\n"));
+    assert!(fleet_objects >= 6, "examples/ holds only {fleet_objects} fleet objects");
+}
+
+/// Checks one bad-input file against the server; `Err` says why it does not do its job.
+async fn check_bad_input(server: &Server, text: &str) -> Result<(), String> {
     let exp = expectation(text);
     let (Some(field), Some(message)) = (&exp.field, &exp.message) else {
         return Err("header lacks `# expect-field:` or `# expect-message:`".into());
     };
     let docs = documents(text)?;
     for d in &docs {
-        if !is_fleet(d) || !schemas.contains_key(kind_of(d)) {
+        if !is_fleet(d) || !matches!(kind_of(d), "Tenant" | "ImageChannel" | "RolloutPolicy") {
             return Err(format!(
                 "document of kind {:?} / apiVersion {:?} is not a fleet object",
                 kind_of(d),
@@ -380,53 +465,63 @@ fn check_bad_input(schemas: &BTreeMap<String, Value>, text: &str) -> Result<(), 
             ));
         }
     }
-    let (doc, old) = match (exp.transition, docs.as_slice()) {
-        (false, [doc]) => (doc, None),
+    let ns = server.namespace("bad-input").await;
+    let doc = match (exp.transition, docs.as_slice()) {
+        (false, [doc]) => in_namespace(doc, &ns),
         (true, [old, new]) => {
-            // The stored object is valid, and so is the new one on its own: only the
-            // transition may be refused.
-            check(schemas, old, None).map_err(|e| format!("the old document is itself invalid: {}", show(&e)))?;
-            check(schemas, new, None)
+            // The new document is valid on its own (a create elsewhere), and so is the stored one:
+            // only the transition may be refused.
+            let elsewhere = server.namespace("bad-input-new").await;
+            server
+                .apply(&in_namespace(new, &elsewhere), true)
+                .await
                 .map_err(|e| format!("the new document is invalid even as a create: {}", show(&e)))?;
-            (new, Some(old))
+            server
+                .apply(&in_namespace(old, &ns), false)
+                .await
+                .map_err(|e| format!("the old document is itself invalid: {}", show(&e)))?;
+            in_namespace(new, &ns)
         }
-        (false, docs) => {
-            return Err(format!("{} documents; a bad input holds exactly one", docs.len()));
-        }
-        (true, docs) => {
-            return Err(format!("{} documents; a transition holds exactly two (old, new)", docs.len()));
-        }
+        (false, docs) => return Err(format!("{} documents; a bad input holds exactly one", docs.len())),
+        (true, docs) => return Err(format!("{} documents; a transition holds exactly two (old, new)", docs.len())),
     };
-    let errors = match check(schemas, doc, old) {
-        Ok(_) => return Err("ACCEPTED, but should be rejected".into()),
+    // What the user sees: the real kubectl, strict validation, the server deciding (dry run).
+    let (ok, out, err) = server
+        .kubectl(&["apply", "--server-side", "--force-conflicts", "--dry-run=server", "--validate=strict"], &doc)
+        .await;
+    if ok {
+        return Err(format!("ACCEPTED by kubectl, but should be refused: {out}"));
+    }
+    if !err.contains(field.as_str()) || !err.contains(message.as_str()) {
+        return Err(format!("kubectl refused it, but its message names no {field:?} / {message:?}: {err}"));
+    }
+    // The same request's causes, field by field.
+    let errors = match server.apply(&doc, true).await {
+        Ok(_) => return Err("ACCEPTED by the API, but should be refused".into()),
         Err(errors) => errors,
     };
     let hit = errors.iter().any(|e| field_matches(&e.field, field) && e.message.contains(message.as_str()));
     if !hit {
-        return Err(format!("rejected, but not at {field:?} with a message containing {message:?}: {}", show(&errors)));
+        return Err(format!("refused, but not at {field:?} with a message containing {message:?}: {}", show(&errors)));
     }
-    // One defect per file: every error is about the expected field.
     let stray: Vec<_> = errors.iter().filter(|e| !field_matches(&e.field, field)).cloned().collect();
     if !stray.is_empty() {
-        return Err(format!("also rejected for other fields (a bad input should hold one defect): {}", show(&stray)));
+        return Err(format!("also refused for other fields (a bad input should hold one defect): {}", show(&stray)));
     }
     Ok(())
 }
 
-#[test]
-fn bad_inputs_are_rejected_at_the_expected_field() {
-    let schemas = schemas();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_are_refused_by_the_real_server_at_the_expected_field() {
+    let server = Server::start().await;
     let dir = repo_root().join("tests/bad-input");
     let files = yaml_files(&dir);
-    let mut failures = Vec::new();
     let mut kinds = BTreeMap::<String, usize>::new();
     let mut transitions = 0;
+    let mut texts = Vec::new();
     for file in &files {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(file).unwrap();
-        if let Err(why) = check_bad_input(&schemas, &text) {
-            failures.push(format!("tests/bad-input/{name}: {why}"));
-        }
         if expectation(&text).transition {
             transitions += 1;
         }
@@ -435,7 +530,18 @@ fn bad_inputs_are_rejected_at_the_expected_field() {
         {
             *kinds.entry(kind_of(d).to_string()).or_default() += 1;
         }
+        texts.push((name, text));
     }
+    let server = &server;
+    let mut failures: Vec<String> = futures::stream::iter(texts)
+        .map(|(name, text)| async move {
+            check_bad_input(server, &text).await.err().map(|why| format!("tests/bad-input/{name}: {why}"))
+        })
+        .buffer_unordered(4)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    failures.sort();
     assert!(
         failures.is_empty(),
         "{} of {} bad inputs do not fail as they should:\n{}",
@@ -450,50 +556,60 @@ fn bad_inputs_are_rejected_at_the_expected_field() {
     }
 }
 
-fn object(kind: &str, name: &str, spec: Value) -> Value {
+fn object(ns: &str, kind: &str, name: &str, spec: Value) -> Value {
     json!({
         "apiVersion": fleet_api_version(),
         "kind": kind,
-        "metadata": {"name": name, "namespace": "fleet"},
+        "metadata": {"name": name, "namespace": ns},
         "spec": spec,
     })
 }
 
 /// Valid objects pass, and breaking them is noticed, by the structural checks and by CEL: the
-/// bad-input test cannot pass because the validator rejects everything (or nothing).
-#[test]
-fn valid_objects_pass_and_their_broken_twins_do_not() {
-    let schemas = schemas();
+/// bad-input test cannot pass because the server refuses everything (or nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_objects_pass_and_their_broken_twins_do_not() {
+    let server = Server::start().await;
+    let ns = server.namespace("twins").await;
+    let check = |doc: Value| {
+        let server = &server;
+        async move { server.apply(&doc, true).await }
+    };
     let tenant = object(
+        &ns,
         "Tenant",
         "acme",
         json!({"slug": "acme", "instance": {"id": "i-0123456789abcdef0"}, "channel": "stable",
                "container": {"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]}}),
     );
     let channel = object(
+        &ns,
         "ImageChannel",
         "staging",
         json!({"image": "registry.example.com/molecule/platform-tenant", "tag": "staging"}),
     );
     let promoted = object(
+        &ns,
         "ImageChannel",
         "stable",
         json!({"image": "registry.example.com/molecule/platform-tenant", "promoteFrom": "staging"}),
     );
     let policy = object(
+        &ns,
         "RolloutPolicy",
         "blue-green",
         json!({"strategy": "BlueGreen", "maxConcurrency": "25%",
                "smokeChecks": [{"name": "health", "path": "/health", "expectStatus": 200}]}),
     );
-    let empty_policy = object("RolloutPolicy", "defaults", json!({}));
+    let empty_policy = object(&ns, "RolloutPolicy", "defaults", json!({}));
     for obj in [&tenant, &channel, &promoted, &policy, &empty_policy] {
-        let out = check(&schemas, obj, None)
+        let out = check(obj.clone())
+            .await
             .unwrap_or_else(|e| panic!("valid {} {} rejected: {}", kind_of(obj), name_of(obj), show(&e)));
         assert_eq!(out["spec"]["tier"].is_null(), kind_of(obj) != "Tenant");
     }
     // Defaults come from the schema, as the API server fills them.
-    let out = check(&schemas, &empty_policy, None).unwrap();
+    let out = check(empty_policy.clone()).await.unwrap();
     assert_eq!(out["spec"]["strategy"], "InPlace");
     assert_eq!(out["spec"]["maxConcurrency"], 1);
     assert_eq!(out["spec"]["stagger"], "30s");
@@ -502,14 +618,20 @@ fn valid_objects_pass_and_their_broken_twins_do_not() {
     assert_eq!(soak.as_std(), std::time::Duration::from_secs(30 * 60));
     // An explicit null of a defaulted field is pruned and defaulted (not kept as null, which the
     // operator could not deserialize).
-    let null_policy = object("RolloutPolicy", "nulls", json!({"maxConcurrency": null}));
-    let out = check(&schemas, &null_policy, None).unwrap_or_else(|e| panic!("{}", show(&e)));
+    let null_policy = object(&ns, "RolloutPolicy", "nulls", json!({"maxConcurrency": null}));
+    let out = check(null_policy).await.unwrap_or_else(|e| panic!("{}", show(&e)));
     assert_eq!(out["spec"]["maxConcurrency"], 1);
     serde_json::from_value::<RolloutPolicy>(out).expect("defaulted policy deserializes");
+    // A misspelled field is refused under strict validation (not silently pruned).
+    let mut typo = tenant.clone();
+    typo["spec"]["chanel"] = json!("stable");
+    let errs = check(typo).await.expect_err("a misspelled field");
+    assert!(errs.iter().any(|e| e.message.contains("chanel")), "{errs:?}");
     // An update that keeps the slug is fine.
+    server.apply(&tenant, false).await.unwrap_or_else(|e| panic!("creating the tenant: {}", show(&e)));
     let mut retiered = tenant.clone();
     retiered["spec"]["tier"] = json!("canary");
-    check(&schemas, &retiered, Some(&tenant)).expect("changing the tier is allowed");
+    check(retiered).await.expect("changing the tier is allowed");
 
     // A Rust-built object passes too (what the operator itself would write).
     let built = Tenant::new(
@@ -520,23 +642,27 @@ fn valid_objects_pass_and_their_broken_twins_do_not() {
         .unwrap(),
     );
     let mut built = serde_json::to_value(&built).unwrap();
-    built["metadata"]["namespace"] = json!("fleet");
-    check(&schemas, &built, None).unwrap_or_else(|e| panic!("Rust-built tenant: {}", show(&e)));
+    built["metadata"]["namespace"] = json!(ns);
+    check(built).await.unwrap_or_else(|e| panic!("Rust-built tenant: {}", show(&e)));
 
     // Broken twins: one structural defect, one CEL defect, one transition.
     let mut upper = tenant.clone();
     upper["spec"]["slug"] = json!("Acme");
-    let errs = check(&schemas, &upper, None).expect_err("uppercase slug");
+    upper["metadata"]["name"] = json!("acme-upper");
+    let errs = check(upper).await.expect_err("uppercase slug");
     assert!(errs.iter().any(|e| e.field == "spec.slug"), "{errs:?}");
     let mut dup = tenant.clone();
     dup["spec"]["container"]["env"][1]["name"] = json!("A");
-    let errs = check(&schemas, &dup, None).expect_err("duplicate env: CEL must run");
+    dup["metadata"]["name"] = json!("acme-dup");
+    let errs = check(dup).await.expect_err("duplicate env: CEL must run");
     assert!(errs.iter().any(|e| e.message.contains("unique")), "{errs:?}");
     let mut both = promoted.clone();
     both["spec"]["tag"] = json!("latest");
-    check(&schemas, &both, None).expect_err("tag and promoteFrom");
+    check(both).await.expect_err("tag and promoteFrom");
     let mut renamed = tenant.clone();
     renamed["spec"]["slug"] = json!("acme2");
-    check(&schemas, &renamed, None).expect("a new slug is fine on create");
-    check(&schemas, &renamed, Some(&tenant)).expect_err("but not on update");
+    let mut fresh = renamed.clone();
+    fresh["metadata"]["name"] = json!("acme-new");
+    check(fresh).await.expect("a new slug is fine on create");
+    check(renamed).await.expect_err("but not on update");
 }

@@ -3,7 +3,7 @@
 //! simulator's command timeline (the hosts' truth), not from what the operator says it did.
 
 use crate::apply::tenant_json;
-use crate::harness::{Bed, NS, cond};
+use crate::harness::{Bed, cond};
 use crate::hostile::converged;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tenant_operator::controller::coordinator;
 use tenant_operator::core::rollout::{Emergency, phase};
 use tenant_operator::crd::{ImageChannel, RolloutPolicy, RolloutStatus, Tenant};
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
 const REPO: &str = "platform-tenant";
@@ -20,7 +20,7 @@ const REPO: &str = "platform-tenant";
 async fn follow_tag(bed: &Bed, name: &str, tag: &str) {
     bed.create::<ImageChannel>(json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "ImageChannel",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name, "namespace": bed.ns},
         "spec": {"image": format!("{}/{REPO}", bed.stack.registry), "tag": tag, "interval": "1s"}
     }))
     .await
@@ -30,7 +30,7 @@ async fn follow_tag(bed: &Bed, name: &str, tag: &str) {
 async fn promoted_channel(bed: &Bed, name: &str, from: &str) {
     bed.create::<ImageChannel>(json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "ImageChannel",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name, "namespace": bed.ns},
         "spec": {"image": format!("{}/{REPO}", bed.stack.registry), "promoteFrom": from}
     }))
     .await
@@ -40,7 +40,7 @@ async fn promoted_channel(bed: &Bed, name: &str, from: &str) {
 async fn policy(bed: &Bed, name: &str, spec: Value) {
     bed.create::<RolloutPolicy>(json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
-        "metadata": {"name": name, "namespace": NS}, "spec": spec
+        "metadata": {"name": name, "namespace": bed.ns}, "spec": spec
     }))
     .await
     .unwrap();
@@ -111,14 +111,14 @@ async fn dump(bed: &Bed) -> String {
                          "history": t.status.as_ref().map(|s| &s.history)})
         })
         .collect();
-    let policies: Api<RolloutPolicy> = Api::namespaced(bed.client.clone(), NS);
+    let policies: Api<RolloutPolicy> = Api::namespaced(bed.client.clone(), &bed.ns);
     let p: Vec<Value> =
         policies.list(&ListParams::default()).await.unwrap().items.iter().map(|p| json!(p.status)).collect();
     serde_json::to_string_pretty(&json!({"tenants": tenants, "policies": p})).unwrap()
 }
 
 async fn get_policy(bed: &Bed, name: &str) -> RolloutPolicy {
-    Api::<RolloutPolicy>::namespaced(bed.client.clone(), NS).get(name).await.unwrap()
+    Api::<RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns).get(name).await.unwrap()
 }
 
 fn record(p: &RolloutPolicy, channel: &str) -> Option<RolloutStatus> {
@@ -149,7 +149,7 @@ async fn wait_policy(
 }
 
 async fn channel_digest(bed: &Bed, name: &str) -> Option<String> {
-    let c = Api::<ImageChannel>::namespaced(bed.client.clone(), NS).get(name).await.unwrap();
+    let c = Api::<ImageChannel>::namespaced(bed.client.clone(), &bed.ns).get(name).await.unwrap();
     c.status.and_then(|s| s.digest)
 }
 
@@ -283,7 +283,7 @@ async fn a_moved_tag_moves_canaries_first_then_production_in_bounded_batches_and
     }
 
     // stable took v2 only after the gate, with the evidence.
-    let stable = Api::<ImageChannel>::namespaced(bed.client.clone(), NS).get("stable").await.unwrap();
+    let stable = Api::<ImageChannel>::namespaced(bed.client.clone(), &bed.ns).get("stable").await.unwrap();
     let st = stable.status.unwrap();
     assert_eq!(st.digest.as_deref(), Some(v2.as_str()));
     let entry = st.history.iter().find(|h| h.digest == v2).unwrap();
@@ -437,9 +437,10 @@ async fn requests_act_once_abort_rejects_pause_holds_promote_ends_the_soak_retry
     let all = ["can-m", "prod-m", "prod-n"];
     all_on(&bed, &all, &v1, Duration::from_secs(90)).await;
     let client = bed.client.clone();
+    let ns = bed.ns.clone();
     let ask = |verb: &'static str| {
-        let client = client.clone();
-        async move { coordinator::request(client, NS, "manual", verb, None).await.unwrap() }
+        let (client, ns) = (client.clone(), ns.clone());
+        async move { coordinator::request(client, &ns, "manual", verb, None).await.unwrap() }
     };
 
     // v2: the canary moves and soaks (an hour); abort sends it back and rejects v2 for the channel.
@@ -454,7 +455,7 @@ async fn requests_act_once_abort_rejects_pause_holds_promote_ends_the_soak_retry
     })
     .await;
     all_on(&bed, &all, &v1, Duration::from_secs(60)).await;
-    let ch = Api::<ImageChannel>::namespaced(bed.client.clone(), NS).get("staging").await.unwrap().status.unwrap();
+    let ch = Api::<ImageChannel>::namespaced(bed.client.clone(), &bed.ns).get("staging").await.unwrap().status.unwrap();
     assert_eq!(ch.digest.as_deref(), Some(v1.as_str()));
     assert!(ch.history.iter().any(|h| h.digest == v2 && h.rejected), "{:?}", ch.history);
     // The tag still points at v2 and the channel re-resolves every second: v2 never comes back.
@@ -542,7 +543,7 @@ async fn an_emergency_moves_every_tier_at_once_only_with_force() {
     all_on(&bed, &all, &v1, Duration::from_secs(90)).await;
 
     let refused = Emergency { digest: fix.clone(), channel: None, force: false };
-    coordinator::request(bed.client.clone(), NS, "slow", "emergency", Some(&refused)).await.unwrap();
+    coordinator::request(bed.client.clone(), &bed.ns, "slow", "emergency", Some(&refused)).await.unwrap();
     let p =
         wait_policy(&bed, "slow", "the refusal", Duration::from_secs(30), |p| pcond(p, "EmergencyApplied").is_some())
             .await;
@@ -555,7 +556,7 @@ async fn an_emergency_moves_every_tier_at_once_only_with_force() {
     }
 
     let forced = Emergency { digest: fix.clone(), channel: None, force: true };
-    coordinator::request(bed.client.clone(), NS, "slow", "emergency", Some(&forced)).await.unwrap();
+    coordinator::request(bed.client.clone(), &bed.ns, "slow", "emergency", Some(&forced)).await.unwrap();
     all_on(&bed, &all, &fix, Duration::from_secs(90)).await;
     // Every tier in one step: one admission time for all, whatever the stagger and the gate say.
     let admitted: Vec<String> = bed
@@ -574,7 +575,7 @@ async fn an_emergency_moves_every_tier_at_once_only_with_force() {
     // Applying it again is a no-op: no command reaches a host.
     let before = applies_of(&bed, &fix).await.len();
     assert_eq!(before, 3);
-    coordinator::request(bed.client.clone(), NS, "slow", "emergency", Some(&forced)).await.unwrap();
+    coordinator::request(bed.client.clone(), &bed.ns, "slow", "emergency", Some(&forced)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(applies_of(&bed, &fix).await.len(), 3);
     all_on(&bed, &all, &fix, Duration::from_secs(10)).await;
@@ -593,7 +594,7 @@ async fn registry_down_keeps_the_last_good_digest_and_nothing_moves() {
     bed.stack.stop_registry().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let ch = loop {
-        let c = Api::<ImageChannel>::namespaced(bed.client.clone(), NS).get("staging").await.unwrap();
+        let c = Api::<ImageChannel>::namespaced(bed.client.clone(), &bed.ns).get("staging").await.unwrap();
         let st = c.status.clone().unwrap();
         let ready = st.conditions.iter().find(|c| c.type_ == "Ready").cloned().unwrap();
         if ready.status == "False" {

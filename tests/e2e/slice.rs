@@ -1,17 +1,17 @@
 //! The first vertical slice: the real Tenant controller finds the instance, asks the host what it
 //! runs through the simulator, and writes observedGeneration, the observation and conditions.
 
-use crate::harness::{Bed, NS, cond};
+use crate::harness::{Bed, cond};
 use serde_json::json;
 use std::time::Duration;
 use tenant_operator::crd::Tenant;
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
 fn tenant(name: &str, slug: &str, instance: serde_json::Value) -> serde_json::Value {
     json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name},
         "spec": {"slug": slug, "instance": instance, "channel": "staging"}
     })
 }

@@ -6,7 +6,7 @@
 
 use crate::apply::{channel_at, http_get, secret, tenant_json};
 use crate::bluegreen::serving;
-use crate::harness::{Bed, NS, cond};
+use crate::harness::{Bed, cond};
 use crate::hostile::files_under;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tenant_operator::crd::{RolloutPolicy, Slot, Tenant};
-use tenant_operator::demo::launch_managed;
+use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
 const BEARER: &str = "smoke-bearer-5d41402abc4b2a76";
@@ -144,7 +144,7 @@ async fn setup(
     secret(bed, &format!("{slug}-env"), &[("API_TOKEN", BEARER)]).await;
     let policy: RolloutPolicy = serde_json::from_value(json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
-        "metadata": {"name": slug, "namespace": NS},
+        "metadata": {"name": slug, "namespace": bed.ns},
         "spec": {
             "strategy": strategy, "healthCheck": {"timeout": "10s"},
             "smokeChecks": [
@@ -157,7 +157,7 @@ async fn setup(
         }
     }))
     .unwrap();
-    Api::<RolloutPolicy>::namespaced(bed.client.clone(), NS).create(&PostParams::default(), &policy).await.unwrap();
+    Api::<RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns).create(&PostParams::default(), &policy).await.unwrap();
     channel_at(bed, "staging", &good).await;
     let id = launch_managed(&bed.stack, slug, &[], HostState::Fresh).await.unwrap();
     bed.create::<Tenant>(tenant_json(

@@ -2,7 +2,7 @@
 //! interval is an hour), a wrong or missing token is refused and changes nothing, an oversized body
 //! is refused, and unknown channels or channels without a webhook are not found.
 
-use crate::harness::{Bed, NS};
+use crate::harness::{Bed};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -40,12 +40,12 @@ async fn webhook_triggers_a_resolve_within_a_second_and_refuses_bad_tokens() {
     let bed = Bed::start().await.unwrap();
     let reg = bed.stack.registry.clone();
     let v1 = bed.stack.push_image("hooked", "latest", &[("sim.version", "1")], false).await.unwrap();
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(bed.client.clone(), NS);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(bed.client.clone(), &bed.ns);
     secrets
         .create(
             &PostParams::default(),
             &serde_json::from_value(json!({
-                "metadata": {"name": "hook-token", "namespace": NS},
+                "metadata": {"name": "hook-token", "namespace": bed.ns},
                 "stringData": {"token": TOKEN},
             }))
             .unwrap(),
@@ -63,13 +63,13 @@ async fn webhook_triggers_a_resolve_within_a_second_and_refuses_bad_tokens() {
         bed.create::<ImageChannel>(json!({
             "apiVersion": "fleet.molecule.ai/v1alpha1",
             "kind": "ImageChannel",
-            "metadata": {"name": name, "namespace": NS},
+            "metadata": {"name": name, "namespace": bed.ns},
             "spec": spec(webhook),
         }))
         .await
         .unwrap();
     }
-    let api: Api<ImageChannel> = Api::namespaced(bed.client.clone(), NS);
+    let api: Api<ImageChannel> = Api::namespaced(bed.client.clone(), &bed.ns);
     for name in ["hooked", "plain"] {
         assert!(
             digest_becomes(&api, name, &v1, Instant::now(), Duration::from_secs(30)).await.is_some(),
@@ -94,18 +94,18 @@ async fn webhook_triggers_a_resolve_within_a_second_and_refuses_bad_tokens() {
 
     // Refused, and nothing changes: no token, a wrong one (either header), a prefix of the right
     // one, the right token for a channel without a webhook, unknown channels, hostile names.
-    assert_eq!(call(url(NS, "hooked"), None, payload.clone()).await, 401);
-    assert_eq!(call(url(NS, "hooked"), bearer("wrong"), payload.clone()).await, 401);
-    assert_eq!(call(url(NS, "hooked"), bearer(&TOKEN[..TOKEN.len() - 1]), payload.clone()).await, 401);
-    assert_eq!(call(url(NS, "hooked"), Some(("x-webhook-token", "nope".into())), payload.clone()).await, 401);
-    assert_eq!(call(url(NS, "plain"), bearer(TOKEN), payload.clone()).await, 404);
-    assert_eq!(call(url(NS, "no-such-channel"), bearer(TOKEN), payload.clone()).await, 404);
+    assert_eq!(call(url(&bed.ns, "hooked"), None, payload.clone()).await, 401);
+    assert_eq!(call(url(&bed.ns, "hooked"), bearer("wrong"), payload.clone()).await, 401);
+    assert_eq!(call(url(&bed.ns, "hooked"), bearer(&TOKEN[..TOKEN.len() - 1]), payload.clone()).await, 401);
+    assert_eq!(call(url(&bed.ns, "hooked"), Some(("x-webhook-token", "nope".into())), payload.clone()).await, 401);
+    assert_eq!(call(url(&bed.ns, "plain"), bearer(TOKEN), payload.clone()).await, 404);
+    assert_eq!(call(url(&bed.ns, "no-such-channel"), bearer(TOKEN), payload.clone()).await, 404);
     assert_eq!(call(url("other", "hooked"), bearer(TOKEN), payload.clone()).await, 404);
     assert_eq!(call(url("FLEET", "..%2Fhooked"), bearer(TOKEN), payload.clone()).await, 404);
     // Over the 64 KiB cap, even with the right token.
-    assert_eq!(call(url(NS, "hooked"), bearer(TOKEN), vec![b'x'; 64 * 1024 + 1]).await, 413);
+    assert_eq!(call(url(&bed.ns, "hooked"), bearer(TOKEN), vec![b'x'; 64 * 1024 + 1]).await, 413);
     // A GET is not the webhook.
-    assert_eq!(http.get(url(NS, "hooked")).send().await.unwrap().status().as_u16(), 405);
+    assert_eq!(http.get(url(&bed.ns, "hooked")).send().await.unwrap().status().as_u16(), 405);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(channel_digest(&api, "hooked").await, Some(v1.clone()), "a refused call changed the channel");
     assert_eq!(channel_digest(&api, "plain").await, Some(v1.clone()));
@@ -118,7 +118,7 @@ async fn webhook_triggers_a_resolve_within_a_second_and_refuses_bad_tokens() {
     // The right token: the channel follows the tag within a second of the call. The body's digest
     // (all zeros) is never trusted.
     let t0 = Instant::now();
-    assert_eq!(call(url(NS, "hooked"), bearer(TOKEN), payload.clone()).await, 202);
+    assert_eq!(call(url(&bed.ns, "hooked"), bearer(TOKEN), payload.clone()).await, 202);
     let took = digest_becomes(&api, "hooked", &v2, t0, Duration::from_secs(10)).await;
     eprintln!("webhook call -> status.digest changed in {took:?}");
     let took = took.expect("the webhook did not trigger a resolve");
@@ -128,7 +128,7 @@ async fn webhook_triggers_a_resolve_within_a_second_and_refuses_bad_tokens() {
     // Again through X-Webhook-Token, after the tag moved once more.
     let v3 = bed.stack.push_image("hooked", "latest", &[("sim.version", "3")], false).await.unwrap();
     let t0 = Instant::now();
-    assert_eq!(call(url(NS, "hooked"), Some(("x-webhook-token", TOKEN.into())), Vec::new()).await, 202);
+    assert_eq!(call(url(&bed.ns, "hooked"), Some(("x-webhook-token", TOKEN.into())), Vec::new()).await, 202);
     let took = digest_becomes(&api, "hooked", &v3, t0, Duration::from_secs(10)).await;
     eprintln!("webhook call (X-Webhook-Token) -> status.digest changed in {took:?}");
     assert!(took.is_some_and(|t| t <= Duration::from_secs(1)), "second webhook call: {took:?}");

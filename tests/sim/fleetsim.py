@@ -273,6 +273,8 @@ class Host:
             "AWS_SHARED_CREDENTIALS_FILE": os.path.join(self.sandbox, "root", ".aws", "credentials"),
             "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_PAGER": "",
+            # The test bed's warden kills what carries its marker once the run is over.
+            **({"TESTBED_RUN": os.environ["TESTBED_RUN"]} if "TESTBED_RUN" in os.environ else {}),
         }
 
     def worker(self):

@@ -122,7 +122,7 @@ pub async fn run(
 /// The controller before it runs. Every change of a channel wakes it, the webhook's request
 /// annotation included.
 pub fn controller(ctx: &Context) -> Controller<ImageChannel> {
-    let api = Api::<ImageChannel>::all(ctx.client.clone());
+    let api = ctx.watched::<ImageChannel>();
     Controller::new(api, watcher::Config::default().any_semantic())
 }
 

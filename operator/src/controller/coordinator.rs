@@ -89,8 +89,8 @@ where
 }
 
 async fn run_direct(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let tenants = Api::<Tenant>::all(ctx.client.clone());
-    let channels = Api::<ImageChannel>::all(ctx.client.clone());
+    let tenants = ctx.watched::<Tenant>();
+    let channels = ctx.watched::<ImageChannel>();
     let controller = Controller::new(tenants, watcher::Config::default().any_semantic());
     let store = controller.store();
     controller
@@ -140,15 +140,15 @@ async fn write_target(ctx: &Context, ns: &str, tenant: &str, target: &Revision) 
 }
 
 async fn run_rollouts(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let policies = Api::<RolloutPolicy>::all(ctx.client.clone());
+    let policies = ctx.watched::<RolloutPolicy>();
     let controller = Controller::new(policies, watcher::Config::default().any_semantic());
     let store = controller.store();
     controller
-        .watches(Api::<Tenant>::all(ctx.client.clone()), watcher::Config::default().any_semantic(), |t: Tenant| {
+        .watches(ctx.watched::<Tenant>(), watcher::Config::default().any_semantic(), |t: Tenant| {
             let ns = t.namespace().unwrap_or_default();
             t.spec.rollout_policy.map(|p| ObjectRef::<RolloutPolicy>::new(&p).within(&ns))
         })
-        .watches(Api::<ImageChannel>::all(ctx.client.clone()), watcher::Config::default().any_semantic(), move |ch| {
+        .watches(ctx.watched::<ImageChannel>(), watcher::Config::default().any_semantic(), move |ch| {
             let ns = ch.namespace();
             store
                 .state()

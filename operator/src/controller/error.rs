@@ -45,6 +45,7 @@ impl Error {
     /// Stable CamelCase category: metric label and event reason.
     pub fn category(&self) -> &'static str {
         match self {
+            Error::Kube(_) if self.is_forbidden() => "Forbidden",
             Error::Kube(_) => "KubeApiError",
             Error::Aws(AwsError::Throttled(_)) => "AwsThrottled",
             Error::Aws(AwsError::AccessDenied(_)) => "AwsAccessDenied",
@@ -57,6 +58,11 @@ impl Error {
             Error::Lease(_) => "LeaseError",
             Error::LeadershipLost => "LeadershipLost",
         }
+    }
+
+    /// Whether the API server refused the request (HTTP 403: RBAC).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 403)
     }
 
     /// Whether the error is AWS throttling (backed off longer, never a tenant failure).

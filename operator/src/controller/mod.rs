@@ -44,6 +44,8 @@ pub struct Settings {
     pub history_limit: usize,
     /// How long an observe waits for others to share its command.
     pub observe_batch_window: Duration,
+    /// Watch and reconcile only this namespace (`--watch-namespace`); `None`: the whole cluster.
+    pub watch_namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -57,6 +59,7 @@ impl Default for Settings {
             env_hmac_key: Vec::new(),
             history_limit: 10,
             observe_batch_window: Duration::from_millis(250),
+            watch_namespace: None,
         }
     }
 }
@@ -102,6 +105,18 @@ impl Context {
             faults: FaultPoints::default(),
             observer: std::sync::OnceLock::new(),
             documents: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The API of a kind across what this operator watches: one namespace or the whole cluster.
+    pub fn watched<K>(&self) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        match &self.settings.watch_namespace {
+            Some(ns) => kube::Api::namespaced(self.client.clone(), ns),
+            None => kube::Api::all(self.client.clone()),
         }
     }
 

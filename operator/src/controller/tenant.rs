@@ -32,8 +32,8 @@ use tracing::{info, warn};
 
 /// Runs the Tenant controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let tenants = Api::<Tenant>::all(ctx.client.clone());
-    let secrets = Api::<Secret>::all(ctx.client.clone());
+    let tenants = ctx.watched::<Tenant>();
+    let secrets = ctx.watched::<Secret>();
     let controller = Controller::new(tenants, watcher::Config::default().any_semantic());
     let store = controller.store();
     // Tenants by condition, from the controller's own cache (no extra API calls).
@@ -86,7 +86,8 @@ async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Err
     let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &ns);
     // Decide from the stored object, never from a cache that may predate our own last write: a
     // stale `inFlight` would otherwise be lost and a second command sent.
-    let Some(tenant) = api.get_opt(&tenant.name_any()).await?.map(Arc::new) else {
+    let tenant_name = tenant.name_any();
+    let Some(tenant) = api.get_opt(&tenant_name).await?.map(Arc::new) else {
         return Ok(Action::await_change());
     };
     let res = finalizer(&api, FINALIZER, tenant, |event| async {
@@ -101,8 +102,20 @@ async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Err
         other => Error::Finalizer(other.to_string()),
     });
     ctx.metrics.reconciled("tenant", res.as_ref().map(|_| "ok").unwrap_or_else(|e| e.category()));
-    res
+    match res {
+        // The operator's RBAC does not allow a request this tenant needs: say so on the tenant
+        // (a user has to grant it) and look again later, instead of retrying in a hot loop.
+        Err(e) if e.is_forbidden() => {
+            let Some(tenant) = api.get_opt(&tenant_name).await? else { return Ok(Action::await_change()) };
+            tenant.report_forbidden(&ctx, &e).await?;
+            Ok(Action::requeue(FORBIDDEN_RETRY))
+        }
+        other => other,
+    }
 }
+
+/// How soon a tenant whose reconcile was refused by RBAC is tried again.
+const FORBIDDEN_RETRY: Duration = Duration::from_secs(60);
 
 fn error_policy(_tenant: Arc<Tenant>, err: &Error, _ctx: Arc<Context>) -> Action {
     let base = if err.is_throttled() { 20 } else { 5 };
@@ -177,7 +190,7 @@ impl Tenant {
 
     /// Another Tenant that claims the same instance and came first (oldest wins, then name).
     async fn rival_claim(&self, ctx: &Context, instance: &str) -> Result<Option<String>, Error> {
-        let all: Api<Tenant> = Api::all(ctx.client.clone());
+        let all: Api<Tenant> = ctx.watched();
         let me = (self.metadata.creation_timestamp.clone(), self.namespace(), self.name_any());
         for other in all.list(&ListParams::default()).await? {
             if other.uid() == self.uid() {
@@ -998,6 +1011,18 @@ impl Tenant {
 
     /// Writes status by server-side apply (one field manager) and records an event for each
     /// condition whose status or reason changed.
+    /// `Ready=False Forbidden` (and `Stalled=True`): a request was refused by the API server's RBAC;
+    /// the message is the server's (who, which verb, which resource).
+    async fn report_forbidden(&self, ctx: &Context, err: &Error) -> Result<(), Error> {
+        let message = format!("the operator's RBAC refused a request: {err}");
+        let conds = [
+            Cond::no(ct::READY, "Forbidden", message.clone()),
+            Cond::yes(ct::STALLED, "Forbidden", message),
+            Cond::no(ct::RECONCILING, "Forbidden", "waiting for the operator's RBAC to allow the request"),
+        ];
+        self.write_status(ctx, self.status_or_default(), &conds, self.metadata.generation, &Timestamp::now()).await
+    }
+
     async fn write_status(
         &self,
         ctx: &Context,

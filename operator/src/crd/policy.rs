@@ -53,8 +53,9 @@ pub struct RolloutPolicySpec {
 
     /// HTTP checks after the health check, by path only, against the slot's local port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))").message("smoke check names must be unique"))]
+    /// A list map keyed by name: results are reported by name, and the API server refuses a name
+    /// given twice.
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub smoke_checks: Vec<SmokeCheck>,
 
     /// Failed tenants tolerated before the rollout halts.

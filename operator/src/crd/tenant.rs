@@ -163,8 +163,9 @@ pub struct ContainerSpec {
 
     /// Plain environment variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
-    #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.name == e.name))").message("env names must be unique"))]
+    /// A list map keyed by name: the API server itself refuses a name given twice (a CEL rule
+    /// comparing every pair would be quadratic, beyond the server's cost budget).
+    #[schemars(length(max = 256), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Vec<EnvVar>,
 
     /// Secrets in the same namespace whose keys become environment variables.
@@ -313,11 +314,11 @@ pub struct EnvFromSource {
 pub struct VolumeMount {
     /// Absolute path on the host.
     #[schemars(regex(pattern = "^/[A-Za-z0-9._/@+-]*$"), length(max = 512))]
-    #[x_kube(validation = Rule::new("!self.split('/').exists(p, p == '..')").message("hostPath may not contain '..'"))]
+    #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.](/|$)')").message("hostPath may not contain '..'"))]
     pub host_path: String,
     /// Absolute path in the container.
     #[schemars(regex(pattern = "^/[A-Za-z0-9._/@+-]*$"), length(max = 512))]
-    #[x_kube(validation = Rule::new("!self.split('/').exists(p, p == '..')").message("containerPath may not contain '..'"))]
+    #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.](/|$)')").message("containerPath may not contain '..'"))]
     pub container_path: String,
     /// Mount read-only.
     #[serde(default)]
@@ -596,6 +597,7 @@ pub struct ImportedContainer {
     pub ports: Vec<ImportedPort>,
     /// Bind mounts (the docker socket is `mountDockerSocket`).
     #[serde(default)]
+    #[schemars(length(max = 64))]
     pub volumes: Vec<VolumeMount>,
     /// Docker network.
     #[serde(default)]

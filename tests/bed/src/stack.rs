@@ -103,12 +103,9 @@ impl Stack {
     /// free ports and waits until each answers.
     pub async fn start() -> Result<Stack> {
         tokio::task::spawn_blocking(bootstrap).await.context("bootstrap task")??;
+        crate::warden::ensure()?;
         let root = repo_root();
-        let n = STACKS.fetch_add(1, Ordering::SeqCst);
-        let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        let workdir = root.join(".testbed/runs").join(format!("{millis}-{}-{n}", std::process::id()));
-        fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
-        prune_old_runs(&root.join(".testbed/runs"));
+        let workdir = new_run_dir(&root, "stack")?;
         let python = venv_bin("python");
         // Other crates in the workspace build reqwest with rustls and no provider of its own; the
         // process-wide provider must be there before any client is built ("already installed" is fine).
@@ -420,7 +417,18 @@ impl Drop for Stack {
     }
 }
 
-fn free_port() -> Result<u16> {
+/// A new directory under `.testbed/runs/` for one stack or control plane (older than a day: removed).
+pub fn new_run_dir(root: &Path, what: &str) -> Result<PathBuf> {
+    let n = STACKS.fetch_add(1, Ordering::SeqCst);
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let dir = root.join(".testbed/runs").join(format!("{millis}-{}-{what}-{n}", std::process::id()));
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    prune_old_runs(&root.join(".testbed/runs"));
+    Ok(dir)
+}
+
+/// A free loopback port (reserved and released: the caller binds it soon after).
+pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("reserving a port")?;
     Ok(l.local_addr()?.port())
 }
@@ -431,6 +439,8 @@ fn log_file(workdir: &Path, name: &str) -> Result<File> {
 }
 
 fn spawn_logged(mut cmd: Command, workdir: &Path, name: &str) -> Result<Child> {
+    let (k, v) = crate::warden::env()?;
+    cmd.env(k, v);
     let log = log_file(workdir, name)?;
     let err = log.try_clone()?;
     cmd.stdin(Stdio::null())
@@ -442,6 +452,8 @@ fn spawn_logged(mut cmd: Command, workdir: &Path, name: &str) -> Result<Child> {
 }
 
 fn spawn_logged_piped(mut cmd: Command, workdir: &Path, name: &str) -> Result<Child> {
+    let (k, v) = crate::warden::env()?;
+    cmd.env(k, v);
     let log = log_file(workdir, &format!("{name}.stderr"))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

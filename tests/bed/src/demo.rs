@@ -1,21 +1,23 @@
-//! `tenant-operator demo`: the fake API server, a simulated fleet (moto, the real OCI registry and
-//! the fleet simulator) and the real controllers together, on this machine only.
+//! The demo (`cargo run -p testbed --bin tenant-operator-demo`): the real control plane, a simulated
+//! fleet (moto, the real OCI registry and the fleet simulator) and the real controllers together,
+//! on this machine only. It lives in the test bed, so the release binary carries none of it.
 
-use crate::aws::sdk::{AwsSettings, SdkAws};
-use crate::controller::{self, Context, Settings};
-use crate::crd::{ImageChannel, RolloutPolicy, Tenant};
-use crate::metrics::Metrics;
+use crate::controlplane::ControlPlane;
+use tenant_operator::aws::sdk::{AwsSettings, SdkAws};
+use tenant_operator::controller::{self, Context, Settings};
+use tenant_operator::crd::{ImageChannel, RolloutPolicy, Tenant};
+use tenant_operator::metrics::Metrics;
 use anyhow::Context as _;
 use kube::api::{Api, ListParams, PostParams};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use testbed::apiserver::FakeApiServer;
-use testbed::stack::{HostState, Stack};
+use crate::stack::{HostState, Stack};
 
-/// Flags of `tenant-operator demo`.
-#[derive(clap::Args, Debug)]
+/// Flags of the demo.
+#[derive(clap::Parser, Debug)]
+#[command(name = "tenant-operator-demo", about = "tenant-operator on a simulated fleet: the real control plane, no cluster, no AWS")]
 pub struct DemoArgs {
     /// Where to write a kubeconfig for `kubectl` against the demo's API server.
     #[arg(long, default_value = "tenant-demo.kubeconfig")]
@@ -37,21 +39,20 @@ pub struct DemoArgs {
 
 /// Runs the demo until interrupted.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    crate::registry::install_crypto_provider();
+    tenant_operator::registry::install_crypto_provider();
     eprintln!(
-        "tenant-operator demo: starting the test bed (stand-ins are installed on first use; the first run takes a few minutes)"
+        "tenant-operator demo: starting the test bed (the control plane is built and the stand-ins installed on first use; the first run takes a while)"
     );
+    let cp = ControlPlane::start().await.context("starting the control plane (etcd, kube-apiserver, kube-controller-manager)")?;
+    eprintln!("control plane ready in {:.1}s ({})", cp.start_time.as_secs_f64(), cp.dir.display());
+    let operator_client = cp.operator_client().await.context("installing crds/ and the chart's RBAC")?;
     let stack = Stack::start().await.context("starting the test bed (moto, registry, fleet simulator)")?;
-    let server = FakeApiServer::start().await?;
-    for (_, crd) in crate::crd::all_crds() {
-        server.install_crd(&crd)?;
-    }
-    server.write_kubeconfig(&args.kubeconfig)?;
+    cp.write_kubeconfig(&args.kubeconfig)?;
     let kubeconfig = std::fs::canonicalize(&args.kubeconfig).unwrap_or(args.kubeconfig.clone());
-    eprintln!("API server: {}  kubeconfig: {}", server.url(), kubeconfig.display());
+    eprintln!("API server: {}  kubeconfig: {}", cp.url, kubeconfig.display());
     eprintln!("  try: kubectl --kubeconfig {} get tenants -n fleet -w", kubeconfig.display());
 
-    let client = server.client()?;
+    let client = cp.admin_client().await?;
     let digest = stack
         .push_image("platform-tenant", "staging", &[("sim.health", "healthy"), ("sim.version", "1.0.0")], false)
         .await?;
@@ -68,7 +69,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut adopting = args.legacy == 0;
 
     let ctx = Arc::new(Context::new(
-        client.clone(),
+        operator_client.clone(),
         Arc::new(sdk_for(&stack).await),
         Settings {
             observe_interval: Duration::from_secs(20),
@@ -78,12 +79,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Arc::new(Metrics::default()),
     ));
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let resolver = Arc::new(crate::registry::OciResolver::new(crate::registry::RegistrySettings::new(
+    let resolver = Arc::new(tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(
         vec![],
         vec![stack.registry.clone()],
         vec![],
     ))?);
-    let webhook = crate::webhook::serve(([127, 0, 0, 1], 0).into(), client.clone(), std::future::pending()).await?;
+    let webhook =
+        tenant_operator::webhook::serve(([127, 0, 0, 1], 0).into(), operator_client.clone(), std::future::pending())
+            .await?;
     eprintln!("registry webhook: http://{webhook}/webhook/<namespace>/<channel>");
     let controllers = tokio::spawn(controller::run_all(ctx, resolver, rx));
     let started = tokio::time::Instant::now();
@@ -93,6 +96,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut rotated_from = None;
     let mut tag_moved: Option<(f64, tokio::time::Instant, String)> = None;
     let mut first_canary_seen = false;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let summary = rollout_summary(&client).await.unwrap_or_else(|e| format!("(cannot read the fleet: {e})"));
         if summary != last {
@@ -106,7 +110,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         if !adopting && legacy_inspected(&client, args.legacy).await {
             adopting = true;
             eprintln!("== legacy hosts inspected (read-only). tenant-operator adopt --dry-run says:");
-            eprintln!("{}", crate::adopt::dry_run(client.clone(), Some("fleet")).await?);
+            eprintln!("{}", tenant_operator::adopt::dry_run(client.clone(), Some("fleet")).await?);
             eprintln!(
                 "== adopting them (spec.adoption: Adopt): the hand-run containers keep serving, the cron goes off"
             );
@@ -155,6 +159,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let tick = tokio::time::sleep(Duration::from_millis(if step == 2 { 250 } else { 2000 }));
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
             _ = tick => {}
         }
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -254,7 +259,7 @@ async fn fleet_ready(client: &kube::Client) -> anyhow::Result<bool> {
     Ok(!list.items.is_empty()
         && list.items.iter().all(|t| {
             t.status.as_ref().is_some_and(|s| {
-                crate::core::conditions::find(&s.conditions, "Ready").is_some_and(|c| c.status == "True")
+                tenant_operator::core::conditions::find(&s.conditions, "Ready").is_some_and(|c| c.status == "True")
             })
         }))
 }
@@ -267,7 +272,7 @@ async fn fleet_on(client: &kube::Client, digest: &str) -> anyhow::Result<bool> {
         t.status
             .as_ref()
             .and_then(|s| s.observed.as_ref())
-            .and_then(|o| crate::core::tenant::serving(o))
+            .and_then(|o| tenant_operator::core::tenant::serving(o))
             .is_some_and(|(_, s)| s.digest.as_deref() == Some(digest) && s.health.as_deref() == Some("healthy"))
     }))
 }
@@ -295,25 +300,25 @@ async fn rollout_summary(client: &kube::Client) -> anyhow::Result<String> {
         .iter()
         .filter(|t| {
             t.status.as_ref().is_some_and(|s| {
-                crate::core::conditions::find(&s.conditions, "Ready").is_some_and(|c| c.status == "True")
+                tenant_operator::core::conditions::find(&s.conditions, "Ready").is_some_and(|c| c.status == "True")
             })
         })
         .count();
     let mut parts = vec![format!("ready {ready}/{}", list.items.len())];
     for p in policies.list(&ListParams::default()).await? {
         for r in p.status.map(|s| s.rollouts).unwrap_or_default() {
-            let short = crate::core::report::short_digest(&r.digest);
+            let short = tenant_operator::core::report::short_digest(&r.digest);
             let mut part = format!(
                 "{}@{short}: {} canary {}/{} production {}/{}",
                 r.channel, r.phase, r.canary.moved, r.canary.total, r.production.moved, r.production.total
             );
-            if r.phase == crate::core::rollout::phase::SOAKING
+            if r.phase == tenant_operator::core::rollout::phase::SOAKING
                 && let Some(end) = r.soak_ends_at.as_deref().and_then(|e| e.parse::<jiff::Timestamp>().ok())
             {
                 let left = jiff::Timestamp::now().duration_until(end).as_secs().max(0);
                 part.push_str(&format!(" (soak ends in {left}s)"));
             }
-            if r.peak_concurrency > 0 && r.phase != crate::core::rollout::phase::COMPLETE {
+            if r.peak_concurrency > 0 && r.phase != tenant_operator::core::rollout::phase::COMPLETE {
                 part.push_str(&format!(" peak {}", r.peak_concurrency));
             }
             parts.push(part);
@@ -367,8 +372,8 @@ async fn env_revision(client: &kube::Client, name: &str) -> Option<String> {
     let t = tenants.get_opt(name).await.ok()??;
     let obs = t.status?.observed?;
     let slot = match obs.active_slot? {
-        crate::crd::Slot::Blue => obs.blue?,
-        crate::crd::Slot::Green => obs.green?,
+        tenant_operator::crd::Slot::Blue => obs.blue?,
+        tenant_operator::crd::Slot::Green => obs.green?,
     };
     slot.env_revision
 }
@@ -378,7 +383,7 @@ async fn progress(client: &kube::Client) -> anyhow::Result<String> {
     let mut rows = BTreeMap::new();
     for t in tenants.list(&ListParams::default()).await? {
         let st = t.status.clone().unwrap_or_default();
-        let ready = crate::core::conditions::find(&st.conditions, "Ready");
+        let ready = tenant_operator::core::conditions::find(&st.conditions, "Ready");
         rows.insert(
             t.metadata.name.clone().unwrap_or_default(),
             format!(
