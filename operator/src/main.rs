@@ -176,8 +176,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => std::fs::read(path)?,
         None => anyhow::bail!("--hmac-key-file is required: env revisions are keyed by the operator"),
     };
-    let settings =
-        Settings {
+    let settings = Settings {
         observe_interval: parse_duration(&args.observe_interval)?,
         env_hmac_key,
         watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),

@@ -112,7 +112,10 @@ async fn blue_green_switches_with_zero_failed_requests_and_switches_back_warm() 
                  "canary": {"minCanaries": 0, "soak": "0s"}}
     }))
     .unwrap();
-    Api::<RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns).create(&PostParams::default(), &policy).await.unwrap();
+    Api::<RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns)
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
     channel_at(&bed, "staging", &v1).await;
     let id = launch_managed(&bed.stack, "echo", &[], HostState::Fresh).await.unwrap();
     bed.create::<Tenant>(tenant_json("echo", &id, json!({"rolloutPolicy": "bg"}))).await.unwrap();

@@ -2,8 +2,7 @@
 //! renders it into the kinds we expect, with least-privilege RBAC and a hardened Deployment.
 //!
 //! helm is `$TESTBED_HELM` or `.testbed/bin/helm` (installed by `scripts/helm`, which
-//! scripts/bootstrap calls). Without it the helm test prints a note and passes, unless
-//! `TESTBED_REQUIRE_KUBECTL=1` (set by scripts/test), where a missing helm fails it.
+//! scripts/bootstrap calls); without it the test fails.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -44,22 +43,17 @@ fn chart_crds_are_copies_of_the_generated_crds() {
     }
 }
 
-fn find_helm() -> Option<PathBuf> {
+/// The real helm: `$TESTBED_HELM` or `.testbed/bin/helm` (scripts/helm). A missing helm fails the test.
+fn find_helm() -> PathBuf {
     if let Ok(p) = std::env::var("TESTBED_HELM") {
         let p = PathBuf::from(p);
         if p.is_file() {
-            return Some(p);
+            return p;
         }
     }
     let p = repo_root().join(".testbed/bin/helm");
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("TESTBED_REQUIRE_KUBECTL").as_deref() == Ok("1") {
-        panic!("TESTBED_REQUIRE_KUBECTL=1 but no helm at $TESTBED_HELM or .testbed/bin/helm (run scripts/helm)");
-    }
-    eprintln!("note: helm not found (.testbed/bin/helm; run scripts/helm); skipping the helm test");
-    None
+    assert!(p.is_file(), "no helm at $TESTBED_HELM or {} (scripts/helm installs it)", p.display());
+    p
 }
 
 fn helm(bin: &Path, home: &Path, args: &[&str]) -> String {
@@ -108,7 +102,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 #[test]
 fn helm_lints_and_renders_the_chart() {
-    let Some(bin) = find_helm() else { return };
+    let bin = find_helm();
     let home = tempfile::tempdir().unwrap();
     let chart = chart_dir();
     let chart = chart.to_str().unwrap();

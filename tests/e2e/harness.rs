@@ -69,9 +69,12 @@ impl Bed {
         let client = cp.admin_client().await?;
         let stack = Stack::start().await.context("test bed stack")?;
         let ns = ns.to_string();
-        let webhook =
-            tenant_operator::webhook::serve(([127, 0, 0, 1], 0).into(), operator_client.clone(), std::future::pending())
-                .await?;
+        let webhook = tenant_operator::webhook::serve(
+            ([127, 0, 0, 1], 0).into(),
+            operator_client.clone(),
+            std::future::pending(),
+        )
+        .await?;
         let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
         namespaces
             .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?)
@@ -96,7 +99,12 @@ impl Bed {
     }
 
     /// A context for controllers of this test: the operator's client, this namespace only.
-    pub fn context(&self, aws: Arc<dyn tenant_operator::aws::Aws>, mut settings: Settings, metrics: Arc<Metrics>) -> Context {
+    pub fn context(
+        &self,
+        aws: Arc<dyn tenant_operator::aws::Aws>,
+        mut settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Context {
         settings.watch_namespace.get_or_insert_with(|| self.ns.clone());
         Context::new(self.operator_client.clone(), aws, settings, metrics)
     }

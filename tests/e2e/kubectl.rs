@@ -2,32 +2,28 @@
 //! `crds/` and `examples/`, printer columns, short name and category, `kubectl wait` on a tenant that
 //! really converges, and `kubectl describe` showing its events.
 //!
-//! kubectl is `$TESTBED_KUBECTL` or `.testbed/venv/bin/kubectl` (scripts/bootstrap). Without it the
-//! test prints a note and passes, unless `TESTBED_REQUIRE_KUBECTL=1` (set by scripts/test).
+//! kubectl is `$TESTBED_KUBECTL` or `.testbed/venv/bin/kubectl` (scripts/bootstrap); without it the
+//! test fails.
 
 use crate::apply::{channel_at, tenant_json};
-use crate::harness::{Bed};
+use crate::harness::Bed;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
-pub fn find_kubectl() -> Option<PathBuf> {
+/// The real kubectl: `$TESTBED_KUBECTL` or `.testbed/venv/bin/kubectl` (scripts/bootstrap). A
+/// missing kubectl fails the test.
+pub fn find_kubectl() -> PathBuf {
     if let Ok(p) = std::env::var("TESTBED_KUBECTL") {
         let p = PathBuf::from(p);
         if p.is_file() {
-            return Some(p);
+            return p;
         }
     }
     let p = testbed::stack::venv_bin("kubectl");
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("TESTBED_REQUIRE_KUBECTL").as_deref() == Ok("1") {
-        panic!("TESTBED_REQUIRE_KUBECTL=1 but no kubectl at $TESTBED_KUBECTL or .testbed/venv/bin/kubectl");
-    }
-    eprintln!("note: kubectl not found (.testbed/venv/bin/kubectl; run scripts/bootstrap); skipping");
-    None
+    assert!(p.is_file(), "no kubectl at $TESTBED_KUBECTL or {} (scripts/bootstrap installs it)", p.display());
+    p
 }
 
 pub fn repo_root() -> PathBuf {
@@ -94,7 +90,7 @@ const EXAMPLE_TENANTS: usize = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_crds_and_examples_gets_columns_and_waits_for_a_real_tenant() {
-    let Some(bin) = find_kubectl() else { return };
+    let bin = find_kubectl();
     // examples/ live in the namespace `fleet`: this test owns it.
     let mut bed = Bed::start_in("fleet").await.unwrap();
     bed.start_controllers(bed.settings()).await;
@@ -169,7 +165,10 @@ async fn kubectl_applies_crds_and_examples_gets_columns_and_waits_for_a_real_ten
     let out = k.ok(&["apply", "-n", &bed.ns, "-f", manifest.to_str().unwrap()]).await;
     assert!(out.contains("tenant.fleet.molecule.ai/kube created"), "{out}");
     let (ok, out, err) = k
-        .run_for(Duration::from_secs(120), &["wait", "--for=condition=Ready", "tenant/kube", "-n", &bed.ns, "--timeout=90s"])
+        .run_for(
+            Duration::from_secs(120),
+            &["wait", "--for=condition=Ready", "tenant/kube", "-n", &bed.ns, "--timeout=90s"],
+        )
         .await;
     let status = bed.tenants().get("kube").await.map(|t| serde_json::to_string_pretty(&t.status).unwrap_or_default());
     assert!(ok && out.contains("condition met"), "kubectl wait: {out}\n{err}\nstatus: {status:?}");

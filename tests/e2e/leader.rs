@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use tenant_operator::controller::leader::{LeaseSettings, run_while_leader};
 use tenant_operator::controller::{self, Error};
 use tenant_operator::crd::Tenant;
-use testbed::demo::launch_managed;
 use tenant_operator::metrics::Metrics;
 use tenant_operator::registry::{OciResolver, RegistrySettings, Resolve};
 use testbed::controlplane::OPERATOR_NAMESPACE;
+use testbed::demo::launch_managed;
 use testbed::stack::HostState;
 
 /// Leases live in the operator's namespace, the only one where the chart lets it hold one; each
@@ -130,7 +130,8 @@ async fn leader_election_one_writer_and_a_takeover_within_the_lease_duration() {
 
     // Another candidate takes the lease (as after a partition): the leader stops its controllers.
     let leases = leases(&bed);
-    let now = jiff::Timestamp::now().to_string();
+    // MicroTime: RFC 3339 with exactly six fractional digits (the real server refuses nine).
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
     let patch = json!({"spec": {"holderIdentity": "intruder", "renewTime": now, "acquireTime": now, "leaseDurationSeconds": 3600}});
     leases.patch(&lease(&bed), &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let t0 = Instant::now();

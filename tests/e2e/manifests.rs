@@ -280,7 +280,6 @@ fn field_matches(got: &str, want: &str) -> bool {
     got == want || got.starts_with(&format!("{want}.")) || got.starts_with(&format!("{want}["))
 }
 
-
 /// A field error as the server reports it (a cause of its `Invalid` status).
 #[derive(Clone, Debug)]
 struct FieldError {
@@ -436,7 +435,8 @@ fn causes(res: Result<Value, kube::Error>, doc: &Value) -> Result<Value, Vec<Fie
             Err(causes
                 .into_iter()
                 .filter(|c| {
-                    !(matches!(c.field.as_str(), "" | "<nil>") && c.message.contains("some validation rules were not checked"))
+                    !(matches!(c.field.as_str(), "" | "<nil>")
+                        && c.message.contains("some validation rules were not checked"))
                 })
                 .map(|c| FieldError { field: c.field, message: c.message })
                 .collect())
@@ -448,7 +448,9 @@ fn causes(res: Result<Value, kube::Error>, doc: &Value) -> Result<Value, Vec<Fie
 /// `doc` without its null fields: kubectl drops them before it sends an object.
 fn without_nulls(doc: &Value) -> Value {
     match doc {
-        Value::Object(m) => Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), without_nulls(v))).collect()),
+        Value::Object(m) => {
+            Value::Object(m.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), without_nulls(v))).collect())
+        }
         Value::Array(a) => Value::Array(a.iter().map(without_nulls).collect()),
         other => other.clone(),
     }
@@ -732,7 +734,10 @@ async fn valid_objects_pass_and_their_broken_twins_do_not() {
     dup["spec"]["container"]["env"][1]["name"] = json!("A");
     dup["metadata"]["name"] = json!("acme-dup");
     let errs = check(dup.clone()).await.expect_err("duplicate env: the list map refuses it");
-    assert!(errs.iter().any(|e| e.field == "spec.container.env[1]" && e.message.contains("Duplicate value")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.field == "spec.container.env[1]" && e.message.contains("Duplicate value")),
+        "{errs:?}"
+    );
     let err = server.server_side_apply(&dup).await.expect_err("duplicate env under server-side apply");
     assert!(err.contains("duplicate entries for key"), "{err}");
     let mut traversal = tenant.clone();

@@ -157,7 +157,10 @@ async fn setup(
         }
     }))
     .unwrap();
-    Api::<RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns).create(&PostParams::default(), &policy).await.unwrap();
+    Api::<RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns)
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
     channel_at(bed, "staging", &good).await;
     let id = launch_managed(&bed.stack, slug, &[], HostState::Fresh).await.unwrap();
     bed.create::<Tenant>(tenant_json(

@@ -2,7 +2,7 @@
 //! interval is an hour), a wrong or missing token is refused and changes nothing, an oversized body
 //! is refused, and unknown channels or channels without a webhook are not found.
 
-use crate::harness::{Bed};
+use crate::harness::Bed;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::time::{Duration, Instant};

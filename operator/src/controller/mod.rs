@@ -111,7 +111,10 @@ impl Context {
     /// The API of a kind across what this operator watches: one namespace or the whole cluster.
     pub fn watched<K>(&self) -> kube::Api<K>
     where
-        K: kube::Resource<Scope = kube::core::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
         K::DynamicType: Default,
     {
         match &self.settings.watch_namespace {

@@ -27,10 +27,31 @@ pub const VERSION: &str = "v1alpha1";
 /// Every CRD this operator owns, in a stable order (file name, definition).
 pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("imagechannels.yaml", ImageChannel::crd()),
-        ("rolloutpolicies.yaml", RolloutPolicy::crd()),
-        ("tenants.yaml", Tenant::crd()),
+        ("imagechannels.yaml", as_stored(ImageChannel::crd())),
+        ("rolloutpolicies.yaml", as_stored(RolloutPolicy::crd())),
+        ("tenants.yaml", as_stored(Tenant::crd())),
     ]
+}
+
+/// The CRD as the API server stores it: it drops `nullable: false` (the default), so a CRD that
+/// says it would be "configured" by every `kubectl apply -f crds/`. The generator writes it where
+/// kube's int-or-string transform would otherwise make a field nullable.
+fn as_stored(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("nullable") == Some(&serde_json::Value::Bool(false)) {
+                    m.remove("nullable");
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else { return crd };
+    strip(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// Renders one CRD as the YAML committed under `crds/`.

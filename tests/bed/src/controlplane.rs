@@ -213,8 +213,8 @@ impl ControlPlane {
     /// Writes a kubeconfig for a static `user` (see [`ControlPlane::kubeconfig_yaml`]) to `path`
     /// (mode 0600).
     pub fn write_kubeconfig_for(&self, path: &Path, user: &str) -> Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let mut f = fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -262,13 +262,8 @@ impl ControlPlane {
         let kubeconfig = self.dir.join("admin.kubeconfig");
         let crds = root.join("crds");
         kubectl(&kubeconfig, &["apply", "--server-side", "--field-manager=testbed", "-f"], Some(&crds), None).await?;
-        kubectl(
-            &kubeconfig,
-            &["wait", "--for=condition=Established", "--timeout=60s", "-f"],
-            Some(&crds),
-            None,
-        )
-        .await?;
+        kubectl(&kubeconfig, &["wait", "--for=condition=Established", "--timeout=60s", "-f"], Some(&crds), None)
+            .await?;
         let helm = root.join(".testbed/bin/helm");
         let home = self.dir.join("helm");
         let rendered = tokio::process::Command::new(&helm)
@@ -286,16 +281,14 @@ impl ControlPlane {
         if !rendered.status.success() {
             bail!("helm template failed: {}", String::from_utf8_lossy(&rendered.stderr));
         }
-        let ns = format!("{{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{{\"name\":\"{OPERATOR_NAMESPACE}\"}}}}");
+        let ns = format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{{\"name\":\"{OPERATOR_NAMESPACE}\"}}}}"
+        );
         kubectl(&kubeconfig, &["apply", "-f", "-"], None, Some(ns.as_bytes())).await?;
         kubectl(&kubeconfig, &["apply", "-n", OPERATOR_NAMESPACE, "-f", "-"], None, Some(&rendered.stdout)).await?;
-        let token = kubectl(
-            &kubeconfig,
-            &["create", "token", RELEASE, "-n", OPERATOR_NAMESPACE, "--duration=48h"],
-            None,
-            None,
-        )
-        .await?;
+        let token =
+            kubectl(&kubeconfig, &["create", "token", RELEASE, "-n", OPERATOR_NAMESPACE, "--duration=48h"], None, None)
+                .await?;
         Ok(token.trim().to_string())
     }
 
@@ -396,16 +389,52 @@ fn make_pki(pki: &Path) -> Result<()> {
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )?;
     run(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj",
-        "/CN=testbed-ca", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=testbed-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ])?;
     run(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr", "-subj",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "apiserver.key",
+        "-out",
+        "apiserver.csr",
+        "-subj",
         "/CN=kube-apiserver",
     ])?;
     run(&[
-        "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-        "apiserver.crt", "-days", "2", "-extfile", "server.ext",
+        "x509",
+        "-req",
+        "-in",
+        "apiserver.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "apiserver.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
     ])?;
     run(&["genrsa", "-out", "sa.key", "2048"])?;
     Ok(())

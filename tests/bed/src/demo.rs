@@ -3,21 +3,24 @@
 //! on this machine only. It lives in the test bed, so the release binary carries none of it.
 
 use crate::controlplane::ControlPlane;
-use tenant_operator::aws::sdk::{AwsSettings, SdkAws};
-use tenant_operator::controller::{self, Context, Settings};
-use tenant_operator::crd::{ImageChannel, RolloutPolicy, Tenant};
-use tenant_operator::metrics::Metrics;
+use crate::stack::{HostState, Stack};
 use anyhow::Context as _;
 use kube::api::{Api, ListParams, PostParams};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use crate::stack::{HostState, Stack};
+use tenant_operator::aws::sdk::{AwsSettings, SdkAws};
+use tenant_operator::controller::{self, Context, Settings};
+use tenant_operator::crd::{ImageChannel, RolloutPolicy, Tenant};
+use tenant_operator::metrics::Metrics;
 
 /// Flags of the demo.
 #[derive(clap::Parser, Debug)]
-#[command(name = "tenant-operator-demo", about = "tenant-operator on a simulated fleet: the real control plane, no cluster, no AWS")]
+#[command(
+    name = "tenant-operator-demo",
+    about = "tenant-operator on a simulated fleet: the real control plane, no cluster, no AWS"
+)]
 pub struct DemoArgs {
     /// Where to write a kubeconfig for `kubectl` against the demo's API server.
     #[arg(long, default_value = "tenant-demo.kubeconfig")]
@@ -43,8 +46,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     eprintln!(
         "tenant-operator demo: starting the test bed (the control plane is built and the stand-ins installed on first use; the first run takes a while)"
     );
-    let cp = ControlPlane::start().await.context("starting the control plane (etcd, kube-apiserver, kube-controller-manager)")?;
+    let cp = ControlPlane::start()
+        .await
+        .context("starting the control plane (etcd, kube-apiserver, kube-controller-manager)")?;
     eprintln!("control plane ready in {:.1}s ({})", cp.start_time.as_secs_f64(), cp.dir.display());
+    // Everything the demo starts carries this marker; the warden kills it all once the demo exits.
+    eprintln!("test bed processes: {}={}", crate::warden::MARKER, crate::warden::ensure()?);
     let operator_client = cp.operator_client().await.context("installing crds/ and the chart's RBAC")?;
     let stack = Stack::start().await.context("starting the test bed (moto, registry, fleet simulator)")?;
     cp.write_kubeconfig(&args.kubeconfig)?;
@@ -79,11 +86,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Arc::new(Metrics::default()),
     ));
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let resolver = Arc::new(tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(
-        vec![],
-        vec![stack.registry.clone()],
-        vec![],
-    ))?);
+    let resolver = Arc::new(tenant_operator::registry::OciResolver::new(
+        tenant_operator::registry::RegistrySettings::new(vec![], vec![stack.registry.clone()], vec![]),
+    )?);
     let webhook =
         tenant_operator::webhook::serve(([127, 0, 0, 1], 0).into(), operator_client.clone(), std::future::pending())
             .await?;

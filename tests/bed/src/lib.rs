@@ -1,9 +1,7 @@
-//! The test bed: the real Kubernetes control plane built from Go modules, and the stand-ins the
-//! operator talks to (moto, the OCI registry, the fleet simulator).
+//! The test bed: the real Kubernetes control plane built from Go modules, the stand-ins the
+//! operator talks to (moto, the OCI registry, the fleet simulator), and the demo built on them.
 
-pub mod apiserver;
 pub mod controlplane;
 pub mod demo;
-pub mod schema;
 pub mod stack;
 pub mod warden;

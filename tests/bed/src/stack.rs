@@ -42,8 +42,13 @@ pub fn venv_bin(name: &str) -> PathBuf {
     repo_root().join(".testbed/venv/bin").join(name)
 }
 
-/// Runs `scripts/bootstrap` (idempotent; quick when everything is installed already).
+/// Runs `scripts/bootstrap` once per process (idempotent; quick when everything is installed).
 pub fn bootstrap() -> Result<()> {
+    static DONE: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| run_bootstrap().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
+}
+
+fn run_bootstrap() -> Result<()> {
     let script = repo_root().join("scripts/bootstrap");
     let status = std::process::Command::new("bash")
         .arg(&script)
