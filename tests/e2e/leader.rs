@@ -66,7 +66,7 @@ fn work(m: &Metrics) -> u64 {
 }
 
 async fn holder(bed: &Bed) -> Option<String> {
-    let leases = leases(&bed);
+    let leases = leases(bed);
     leases.get_opt(&lease(bed)).await.unwrap()?.spec?.holder_identity
 }
 

@@ -7,6 +7,7 @@ mod bluegreen;
 mod budget;
 mod channel;
 mod chart;
+mod controlplane;
 mod crash;
 mod drift;
 mod harness;

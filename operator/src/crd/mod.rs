@@ -33,15 +33,20 @@ pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     ]
 }
 
-/// The CRD as the API server stores it: it drops `nullable: false` (the default), so a CRD that
-/// says it would be "configured" by every `kubectl apply -f crds/`. The generator writes it where
-/// kube's int-or-string transform would otherwise make a field nullable.
+/// The CRD as the API server takes it without a word: it drops `nullable: false` (the default),
+/// so a CRD that says it would be "configured" by every `kubectl apply -f crds/` (the generator
+/// writes it where kube's int-or-string transform would otherwise make a field nullable); and it
+/// warns about formats it does not know, such as schemars' `uint32` for unsigned integers (their
+/// `minimum: 0` stays).
 fn as_stored(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     fn strip(v: &mut serde_json::Value) {
         match v {
             serde_json::Value::Object(m) => {
                 if m.get("nullable") == Some(&serde_json::Value::Bool(false)) {
                     m.remove("nullable");
+                }
+                if m.get("format").and_then(serde_json::Value::as_str).is_some_and(|f| f.starts_with("uint")) {
+                    m.remove("format");
                 }
                 m.values_mut().for_each(strip);
             }

@@ -261,7 +261,17 @@ impl ControlPlane {
         let root = repo_root();
         let kubeconfig = self.dir.join("admin.kubeconfig");
         let crds = root.join("crds");
-        kubectl(&kubeconfig, &["apply", "--server-side", "--field-manager=testbed", "-f"], Some(&crds), None).await?;
+        // A real cluster accepts crds/ as they are: no warning either.
+        let applied = kubectl_output(
+            &kubeconfig,
+            &["apply", "--server-side", "--field-manager=testbed", "-f"],
+            Some(&crds),
+            None,
+        )
+        .await?;
+        if applied.1.contains("Warning") {
+            bail!("kubectl apply of crds/ warned: {}", applied.1);
+        }
         kubectl(&kubeconfig, &["wait", "--for=condition=Established", "--timeout=60s", "-f"], Some(&crds), None)
             .await?;
         let helm = root.join(".testbed/bin/helm");
@@ -333,6 +343,16 @@ pub const KUBE_VERSION: &str = "1.37.2";
 /// Runs the test bed's kubectl with `kubeconfig`; `path` is appended to `args`, `stdin` fed in.
 /// Returns stdout; fails with kubectl's stderr.
 pub async fn kubectl(kubeconfig: &Path, args: &[&str], path: Option<&Path>, stdin: Option<&[u8]>) -> Result<String> {
+    Ok(kubectl_output(kubeconfig, args, path, stdin).await?.0)
+}
+
+/// As [`kubectl`], returning (stdout, stderr) of a successful run.
+pub async fn kubectl_output(
+    kubeconfig: &Path,
+    args: &[&str],
+    path: Option<&Path>,
+    stdin: Option<&[u8]>,
+) -> Result<(String, String)> {
     use tokio::io::AsyncWriteExt;
     let bin = crate::stack::venv_bin("kubectl");
     let mut cmd = tokio::process::Command::new(&bin);
@@ -355,7 +375,7 @@ pub async fn kubectl(kubeconfig: &Path, args: &[&str], path: Option<&Path>, stdi
     if !out.status.success() {
         bail!("kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
 fn spawn(mut cmd: Command, dir: &Path, name: &str) -> Result<Child> {
