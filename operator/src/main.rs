@@ -9,9 +9,18 @@ use tenant_operator::controller::leader::{self, LeaseSettings};
 use tenant_operator::controller::{self, Context, Settings};
 use tenant_operator::metrics::Metrics;
 
+/// `<crate version> (<git revision>)`.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TENANT_OPERATOR_REVISION"), ")");
+
 #[derive(Parser)]
-#[command(name = "tenant-operator", version, about = "Keeps a fleet of single-tenant EC2 hosts on the right image")]
+#[command(name = "tenant-operator", version = VERSION, about = "Keeps a fleet of single-tenant EC2 hosts on the right image")]
 struct Cli {
+    /// Log format on stderr: `text` (colour only on a terminal) or `json` (one object a line).
+    #[arg(long, global = true, env = "TENANT_OPERATOR_LOG_FORMAT", default_value = "text")]
+    log_format: tenant_operator::telemetry::LogFormat,
+    /// Log filter (tracing's EnvFilter syntax, e.g. `info,tenant_operator=debug`).
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info,kube=warn,aws=warn,hyper=warn")]
+    log_filter: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,6 +99,10 @@ struct RunArgs {
     /// Lease validity after the last renewal, in seconds (the longest a crashed leader blocks others).
     #[arg(long, default_value_t = 15)]
     lease_duration_seconds: u64,
+    /// This replica's name: the leader identity and the events' reporting instance (the pod's
+    /// name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -137,8 +150,8 @@ fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tenant_operator::registry::install_crypto_provider();
-    tenant_operator::telemetry::init();
     let cli = Cli::parse();
+    tenant_operator::telemetry::init_with(cli.log_format, &cli.log_filter);
     match cli.command {
         Command::Crd { out_dir: None } => {
             print!("{}", tenant_operator::crd::all_crds_yaml()?);
@@ -180,10 +193,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         observe_interval: parse_duration(&args.observe_interval)?,
         env_hmac_key,
         watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
+        instance: args.pod_name.clone(),
         ..Default::default()
     };
     let metrics = Arc::new(Metrics::default());
-    tenant_operator::telemetry::serve_metrics(args.metrics_addr, metrics.clone()).await?;
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tenant_operator::telemetry::serve_metrics(args.metrics_addr, metrics.clone(), ready.clone()).await?;
+    // Ready once the API server answered with these credentials.
+    let version = client.apiserver_version().await?;
+    tracing::info!(server = %version.git_version, "connected to the Kubernetes API");
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Every AWS call is counted by operation (`tenant_operator_aws_calls_total`).
+    let aws = tenant_operator::aws::counting::Counting::new(aws, Some(metrics.clone()));
     tenant_operator::webhook::serve(args.webhook_addr, client.clone(), std::future::pending()).await?;
     let resolver: Arc<dyn tenant_operator::registry::Resolve> =
         Arc::new(tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(
@@ -202,7 +223,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let namespace = args.lease_namespace.unwrap_or_else(|| client.default_namespace().to_string());
-    let base = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
+    let base = args.pod_name.clone().or_else(|| std::env::var("HOSTNAME").ok());
     let mut lease = LeaseSettings::new(args.lease_name, namespace, leader::identity(base.as_deref()));
     lease.duration_secs = args.lease_duration_seconds.max(3);
     lease.grace_secs = (lease.duration_secs / 3).max(1);

@@ -158,6 +158,11 @@ fn helm_lints_and_renders_the_chart() {
         assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
     }
     assert_eq!(c["ports"][1]["name"], "webhook");
+    assert!(args.iter().any(|a| a == "--log-format=json"), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--watch-namespace")), "every namespace by default: {args:?}");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
     let env: Vec<&str> = c["env"].as_array().unwrap().iter().filter_map(|e| e["name"].as_str()).collect();
     assert!(env.contains(&"POD_NAME") && env.contains(&"POD_NAMESPACE"), "{env:?}");
     let mut hook = base.to_vec();
@@ -236,4 +241,15 @@ fn helm_lints_and_renders_the_chart() {
     available_only.extend(["-a", "monitoring.coreos.com/v1"]);
     let docs = documents(&helm(&bin, home.path(), &available_only));
     assert!(!kinds(&docs).contains(&"ServiceMonitor".to_string()), "ServiceMonitor though disabled in values");
+}
+
+#[test]
+fn the_charts_app_version_is_the_crate_version() {
+    let chart = std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap();
+    let app = chart.lines().find_map(|l| l.strip_prefix("appVersion:")).expect("appVersion in Chart.yaml");
+    assert_eq!(
+        app.trim().trim_matches('"'),
+        env!("CARGO_PKG_VERSION"),
+        "Chart.yaml appVersion must be the crate version"
+    );
 }

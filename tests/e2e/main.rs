@@ -13,6 +13,7 @@ mod drift;
 mod harness;
 mod hostile;
 mod iam;
+mod image;
 mod kubectl;
 mod leader;
 mod manifests;

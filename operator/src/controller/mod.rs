@@ -46,6 +46,8 @@ pub struct Settings {
     pub observe_batch_window: Duration,
     /// Watch and reconcile only this namespace (`--watch-namespace`); `None`: the whole cluster.
     pub watch_namespace: Option<String>,
+    /// This replica's name (`--pod-name`): the events' reporting instance.
+    pub instance: Option<String>,
 }
 
 impl Default for Settings {
@@ -60,6 +62,7 @@ impl Default for Settings {
             history_limit: 10,
             observe_batch_window: Duration::from_millis(250),
             watch_namespace: None,
+            instance: None,
         }
     }
 }
@@ -96,11 +99,12 @@ pub struct Context {
 impl Context {
     /// A context.
     pub fn new(client: kube::Client, aws: Arc<dyn Aws>, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let instance = settings.instance.clone();
         Context {
             client,
             aws,
             settings,
-            reporter: Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
+            reporter: Reporter { controller: MANAGER.into(), instance },
             metrics,
             faults: FaultPoints::default(),
             observer: std::sync::OnceLock::new(),
