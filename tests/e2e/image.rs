@@ -328,6 +328,15 @@ async fn the_charts_deployment_runs_as_a_cluster_would_and_converges_a_tenant() 
     if let Err(e) = converged {
         panic!("{e}\noperator log:\n{}", log());
     }
+    // A figure, not an assertion: the resident memory of `run` with one converged tenant.
+    if let Some(pid) = process.id() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?");
+        eprintln!(
+            "chart's operator process, one tenant converged: {}",
+            rss.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+        );
+    }
     let metrics = get_ok(&format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap();
     assert!(metrics.contains("tenant_operator_aws_calls_total{operation=\"SendCommand\"}"), "{metrics}");
     assert!(metrics.contains("tenant_operator_reconciles_total"), "{metrics}");
