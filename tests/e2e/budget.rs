@@ -58,14 +58,7 @@ async fn aws_calls_per_tenant_first_apply_and_idle() {
     let poll = settings.poll_interval;
     let aws: Arc<dyn Aws> = counting.clone();
     let ctx = Arc::new(bed.context(aws, settings, bed.metrics.clone()));
-    let resolver = Arc::new(
-        tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(
-            vec![],
-            vec![bed.stack.registry.clone()],
-            vec![],
-        ))
-        .unwrap(),
-    );
+    let resolver = bed.resolver();
     let (_stop, rx) = tokio::sync::watch::channel(false);
     let _controllers = Controllers(tokio::spawn(controller::run_all(ctx, resolver, rx)));
 

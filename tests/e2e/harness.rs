@@ -116,15 +116,20 @@ impl Bed {
         let (tx, rx) = tokio::sync::watch::channel(false);
         self.ctx = Some(ctx.clone());
         self.stop = Some(tx);
-        let resolver = Arc::new(
+        let resolver = self.resolver();
+        self.controllers = Some(tokio::spawn(controller::run_all(ctx, resolver, rx)));
+    }
+
+    /// The registry resolver of an operator pointed at this bed (its registry is plain HTTP).
+    pub fn resolver(&self) -> Arc<tenant_operator::registry::OciResolver> {
+        Arc::new(
             tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(
                 vec![],
                 vec![self.stack.registry.clone()],
                 vec![],
             ))
             .expect("registry client"),
-        );
-        self.controllers = Some(tokio::spawn(controller::run_all(ctx, resolver, rx)));
+        )
     }
 
     /// Stops the controllers, as a killed operator would stop.

@@ -88,14 +88,7 @@ async fn a_request_the_rbac_refuses_is_a_tenant_condition_and_clears_once_grante
     let settings = bed.settings();
     let ctx = Arc::new(tenant_operator::controller::Context::new(alice, Arc::new(aws), settings, metrics.clone()));
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let resolver = Arc::new(
-        tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(
-            vec![],
-            vec![bed.stack.registry.clone()],
-            vec![],
-        ))
-        .unwrap(),
-    );
+    let resolver = bed.resolver();
     let controllers = tokio::spawn(tenant_operator::controller::run_all(ctx, resolver, rx));
 
     let t = bed

@@ -299,7 +299,9 @@ pub fn step(input: &Input<'_>) -> Output {
         r.paused = false;
         out.note(false, "RolloutResumed", format!("rollout of {d} resumed"));
     }
-    if req.abort && r.phase != phase::ABORTED {
+    // An abort is for a rollout under way; a completed one (another channel of the same policy
+    // gets the same request) keeps its digest and its tenants.
+    if req.abort && r.phase != phase::ABORTED && r.phase != phase::COMPLETE {
         r.phase = phase::ABORTED.into();
         r.paused = false;
         if r.source.as_deref() != Some("emergency") && !r.rejected.contains(&d) {
@@ -915,6 +917,25 @@ mod tests {
         assert!(out.admit.is_empty());
         assert_eq!(f.record.as_ref().unwrap().digest, D1);
         assert!(f.record.as_ref().unwrap().rejected.contains(&D2.to_string()));
+    }
+
+    /// An abort is for the rollout under way: one that completed (in a channel of the same policy
+    /// that is not the one being aborted) keeps its digest and its tenants.
+    #[test]
+    fn abort_leaves_a_completed_rollout_alone() {
+        let spec = serde_json::json!({"stagger": "0s", "canary": {"minCanaries": 1, "soak": "0s"}});
+        let mut f = Fleet::new(spec, 1, 2, D1);
+        for _ in 0..6 {
+            f.step(Some(D2), &Requests::default());
+            f.settle();
+        }
+        assert_eq!(f.phase(), phase::COMPLETE);
+        assert_eq!(f.on(D2).len(), 3);
+        let out = f.step(Some(D2), &Requests { abort: true, ..Default::default() });
+        assert_eq!(out.reject, None, "a completed digest is not rejected");
+        assert!(out.admit.is_empty(), "nobody is sent back: {:?}", out.admit);
+        assert_eq!(f.phase(), phase::COMPLETE);
+        assert_eq!(f.on(D2).len(), 3);
     }
 
     #[test]
