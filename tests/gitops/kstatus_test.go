@@ -22,12 +22,14 @@ var kstatusTable = map[string]status.Status{
 	"Tenant/spec-not-observed.yaml":           status.InProgressStatus,
 	"Tenant/suspended.yaml":                   status.InProgressStatus,
 	"Tenant/secret-not-found.yaml":            status.FailedStatus,
+	"Tenant/instance-not-found.yaml":          status.FailedStatus,
 	"ImageChannel/no-status.yaml":             status.CurrentStatus,
 	"ImageChannel/resolved.yaml":              status.CurrentStatus,
 	"ImageChannel/awaiting-promotion.yaml":    status.InProgressStatus,
 	"ImageChannel/promoted.yaml":              status.CurrentStatus,
 	"ImageChannel/tag-not-found.yaml":         status.InProgressStatus,
 	"ImageChannel/digest-rejected.yaml":       status.CurrentStatus,
+	"ImageChannel/pull-secret-invalid.yaml":   status.FailedStatus,
 	"RolloutPolicy/no-status.yaml":            status.CurrentStatus,
 	"RolloutPolicy/canary.yaml":               status.InProgressStatus,
 	"RolloutPolicy/soaking.yaml":              status.InProgressStatus,
@@ -37,6 +39,8 @@ var kstatusTable = map[string]status.Status{
 	"RolloutPolicy/halted.yaml":               status.FailedStatus,
 	"RolloutPolicy/halted-after-retry.yaml":   status.FailedStatus,
 	"RolloutPolicy/complete-after-abort.yaml": status.CurrentStatus,
+	"RolloutPolicy/waiting-for-canaries.yaml": status.FailedStatus,
+	"RolloutPolicy/aborted.yaml":              status.CurrentStatus,
 }
 
 func TestKstatus(t *testing.T) {
