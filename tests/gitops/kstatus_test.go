@@ -41,6 +41,7 @@ var kstatusTable = map[string]status.Status{
 	"RolloutPolicy/complete-after-abort.yaml": status.CurrentStatus,
 	"RolloutPolicy/waiting-for-canaries.yaml": status.FailedStatus,
 	"RolloutPolicy/aborted.yaml":              status.CurrentStatus,
+	"RolloutPolicy/emergency.yaml":            status.InProgressStatus,
 }
 
 func TestKstatus(t *testing.T) {
