@@ -1,0 +1,3 @@
+-- Unsuspends the tenant: spec.suspend false, the operator manages the host again.
+obj.spec.suspend = false
+return obj
