@@ -10,6 +10,7 @@ mod chart;
 mod controlplane;
 mod crash;
 mod drift;
+mod gitops;
 mod harness;
 mod hostile;
 mod iam;

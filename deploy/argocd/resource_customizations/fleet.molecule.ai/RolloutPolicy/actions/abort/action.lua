@@ -1,5 +1,6 @@
 -- Requests an abort: the operator moves the tenants that moved back and rejects the digest, for
--- every rollout of this policy that is not aborted yet (one per channel).
+-- every rollout of this policy that is under way (one per channel; Complete and Aborted ones are
+-- left alone).
 -- The request is the annotation fleet.molecule.ai/abort with a token the operator has not seen:
 -- it acts once per token (status.handledRequests.abort echoes the last one handled). The token is
 -- os.time() in seconds, or one more than the newest token of this verb if that is not smaller, so
