@@ -309,6 +309,7 @@ smoke_checks() {
   local slot="$1" file="$2" port kind name method status path bearer code hfile value
   local -a how
   port="$(slot_port "$slot")"; SMOKE_FAILED=""
+  # shellcheck disable=SC2094 # env_value only reads "$file", as this loop does; nothing writes it.
   while IFS=' ' read -r kind name method status path bearer; do
     [ "$kind" = smoke ] || continue
     name="$(b64d "$name")"; path="$(b64d "$path")"
@@ -611,7 +612,7 @@ if [ "$R_STRATEGY" = bluegreen ]; then
     start_slot "$AGENT_REVISION" "$REVFILE" "$TARGET_SLOT" || { docker rm -f "$R_NAME-$TARGET_SLOT" >/dev/null 2>&1; report error start-failed; }
   fi
   FAILURE=""
-  if ! wait_healthy "$TARGET_SLOT"; then FAILURE=health-failed
+  if ! wait_healthy "$TARGET_SLOT"; then FAILURE="health-failed"
   elif ! smoke_checks "$TARGET_SLOT" "$REVFILE"; then FAILURE="smoke-failed:$SMOKE_FAILED"; fi
   rm -f "$REVFILE"
   if [ -n "$FAILURE" ]; then
@@ -637,7 +638,7 @@ STARTED=true
 start_slot "$AGENT_REVISION" "$REVFILE" "$SLOT" || STARTED=false
 FAILURE=""
 if [ "$STARTED" != true ]; then FAILURE=start-failed
-elif ! wait_healthy "$SLOT"; then FAILURE=health-failed
+elif ! wait_healthy "$SLOT"; then FAILURE="health-failed"
 elif ! smoke_checks "$SLOT" "$REVFILE"; then FAILURE="smoke-failed:$SMOKE_FAILED"; fi
 rm -f "$REVFILE"
 if [ -z "$FAILURE" ]; then
