@@ -160,7 +160,11 @@ async fn run_rollouts(ctx: Arc<Context>, shutdown: impl std::future::Future<Outp
         .graceful_shutdown_on(shutdown)
         .run(reconcile_policy, |_, _, _| Action::requeue(Duration::from_secs(5)), ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
+            // A Tenant naming a policy that does not exist triggers it on every change of the
+            // tenant; the tenant's own condition (PolicyNotFound) says so, no warning here.
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(obj)) = &res {
+                tracing::debug!(policy = %obj, "a tenant names a RolloutPolicy that does not exist");
+            } else if let Err(e) = res {
                 warn!(error = %e, "rollout reconcile failed");
             }
         })
