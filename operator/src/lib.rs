@@ -10,6 +10,7 @@ pub mod core;
 pub mod crd;
 pub mod host;
 pub mod metrics;
+pub mod plugin;
 pub mod registry;
 pub mod telemetry;
 pub mod webhook;

@@ -17,7 +17,7 @@ use testbed::stack::HostState;
 
 const REPO: &str = "platform-tenant";
 
-async fn follow_tag(bed: &Bed, name: &str, tag: &str) {
+pub async fn follow_tag(bed: &Bed, name: &str, tag: &str) {
     bed.create::<ImageChannel>(json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "ImageChannel",
         "metadata": {"name": name, "namespace": bed.ns},
@@ -37,7 +37,7 @@ async fn promoted_channel(bed: &Bed, name: &str, from: &str) {
     .unwrap();
 }
 
-async fn policy(bed: &Bed, name: &str, spec: Value) {
+pub async fn policy(bed: &Bed, name: &str, spec: Value) {
     bed.create::<RolloutPolicy>(json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
         "metadata": {"name": name, "namespace": bed.ns}, "spec": spec
@@ -47,7 +47,7 @@ async fn policy(bed: &Bed, name: &str, spec: Value) {
 }
 
 /// Hosts and tenants: (name, tier, channel), all under `policy`. Returns name → instance id.
-async fn fleet(bed: &Bed, policy: &str, members: &[(&str, &str, &str)]) -> BTreeMap<String, String> {
+pub async fn fleet(bed: &Bed, policy: &str, members: &[(&str, &str, &str)]) -> BTreeMap<String, String> {
     let mut ids = BTreeMap::new();
     for (name, tier, channel) in members {
         let id = launch_managed(&bed.stack, name, &[], HostState::Fresh).await.unwrap();
@@ -80,7 +80,7 @@ fn runs(t: &Tenant, digest: &str) -> bool {
 }
 
 /// Waits until every named tenant is admitted to `digest` and converged on it.
-async fn all_on(bed: &Bed, names: &[&str], digest: &str, timeout: Duration) {
+pub async fn all_on(bed: &Bed, names: &[&str], digest: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let list = bed.tenants().list(&ListParams::default()).await.unwrap();
@@ -117,7 +117,7 @@ async fn dump(bed: &Bed) -> String {
     serde_json::to_string_pretty(&json!({"tenants": tenants, "policies": p})).unwrap()
 }
 
-async fn get_policy(bed: &Bed, name: &str) -> RolloutPolicy {
+pub async fn get_policy(bed: &Bed, name: &str) -> RolloutPolicy {
     Api::<RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns).get(name).await.unwrap()
 }
 
