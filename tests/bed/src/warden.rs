@@ -1,10 +1,12 @@
 //! Nothing of the test bed outlives the process that started it.
 //!
 //! Every process the test bed starts carries `TESTBED_RUN=<id>` in its environment ([`mark`]), and
-//! inherits it to whatever it starts in turn (the simulated hosts' routers and containers included).
-//! [`ensure`] starts `tests/bed/warden.py` once per process, in a session of its own (so a Ctrl-C to
-//! the terminal does not reach it): it waits until this process has exited, however it ended, and
-//! then kills every process carrying the marker.
+//! inherits it to whatever it starts in turn (the simulated hosts' routers included). A simulated
+//! container's environment is the container's own, so those are found by their command line,
+//! which names the run's directory (`.testbed/runs/<millis>-<pid>-…`, see
+//! [`crate::stack::new_run_dir`]). [`ensure`] starts `tests/bed/warden.py` once per process, in a
+//! session of its own (so a Ctrl-C to the terminal does not reach it): it waits until this process
+//! has exited, however it ended, and then kills both kinds.
 
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -30,6 +32,7 @@ fn start() -> Result<String> {
         .arg(&script)
         .arg(std::process::id().to_string())
         .arg(&id)
+        .arg(crate::stack::repo_root().join(".testbed/runs"))
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

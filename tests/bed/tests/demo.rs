@@ -61,8 +61,11 @@ impl Demo {
     }
 }
 
-/// Processes whose environment carries the marker.
-fn marked(marker: &str) -> Vec<String> {
+/// Processes of the demo: its environment marker, or its run directories on the command line
+/// (`.testbed/runs/<millis>-<demo pid>-…`: the simulated containers, whose environment is theirs).
+fn marked(marker: &str, demo_pid: u32) -> Vec<String> {
+    let dirs = format!("{}/", testbed::stack::repo_root().join(".testbed/runs").display());
+    let pid_part = format!("-{demo_pid}-");
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -70,20 +73,23 @@ fn marked(marker: &str) -> Vec<String> {
             continue;
         }
         let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
-        if env.split(|b| *b == 0).any(|e| e == marker.as_bytes()) {
-            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            out.push(format!("{name}: {}", String::from_utf8_lossy(&cmd).replace('\0', " ")));
+        let cmd = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default())
+            .replace('\0', " ");
+        let in_run_dir =
+            cmd.split(&dirs).skip(1).any(|rest| rest.split('/').next().is_some_and(|d| d.contains(&pid_part)));
+        if env.split(|b| *b == 0).any(|e| e == marker.as_bytes()) || in_run_dir {
+            out.push(format!("{name}: {cmd}"));
         }
     }
     out
 }
 
-/// After the demo is gone, every marked process goes within a few seconds (the warden's work).
-fn nothing_outlives(marker: &str, alive_before: usize) {
+/// After the demo is gone, every process of it goes within a few seconds (the warden's work).
+fn nothing_outlives(marker: &str, demo_pid: u32, alive_before: usize) {
     assert!(alive_before >= 5, "the marker should be on the control plane and the stand-ins: {alive_before}");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let left = marked(marker);
+        let left = marked(marker, demo_pid);
         if left.is_empty() {
             return;
         }
@@ -126,13 +132,13 @@ fn the_demo_runs_on_the_real_control_plane_and_leaves_nothing_behind() {
     let tenants = kubectl(&kubeconfig, &["get", "tenants", "-n", "fleet", "-o", "name"]);
     assert_eq!(tenants.lines().count(), 4, "{tenants}");
 
-    let alive = marked(&demo.marker).len();
+    let alive = marked(&demo.marker, demo.child.id()).len();
     let pid = demo.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = demo.child.wait().unwrap();
     assert!(demo.seen.iter().all(|l| !l.contains("panicked")), "{}", demo.seen.join("\n"));
     eprintln!("demo exited ({status}) after SIGTERM; {alive} test-bed processes were running");
-    nothing_outlives(&demo.marker, alive);
+    nothing_outlives(&demo.marker, demo.child.id(), alive);
 }
 
 #[test]
@@ -142,8 +148,11 @@ fn a_killed_demo_leaves_nothing_behind() {
     let mut demo = Demo::start(&kubeconfig, &["--canaries", "1", "--production", "1", "--legacy", "0"]);
     // Hosts with their routers and containers are up once the fleet converged.
     demo.wait_line(Duration::from_secs(300), |l| l.contains("every tenant runs its channel's digest"));
-    let alive = marked(&demo.marker).len();
+    let pid = demo.child.id();
+    let alive = marked(&demo.marker, pid).len();
+    // The simulated containers (one per host) are among them.
+    assert!(marked(&demo.marker, pid).iter().filter(|p| p.contains("slot_app.py")).count() >= 2);
     demo.child.kill().unwrap();
     demo.child.wait().unwrap();
-    nothing_outlives(&demo.marker, alive);
+    nothing_outlives(&demo.marker, pid, alive);
 }
