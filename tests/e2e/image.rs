@@ -81,6 +81,11 @@ fn push_pull_unpack(bed: &Bed, dir: &Path) -> (String, Value, Value, PathBuf) {
     (reference, inspect, config, bundle.join("rootfs"))
 }
 
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
 fn sha256(path: &Path) -> String {
     run(std::process::Command::new("sha256sum").arg(path)).split_whitespace().next().unwrap_or_default().to_string()
 }
@@ -318,8 +323,16 @@ async fn the_charts_deployment_runs_as_a_cluster_would_and_converges_a_tenant() 
     // It converges a tenant.
     let digest = bed.stack.push_image("platform-tenant", "chart", &[("sim.health", "healthy")], false).await.unwrap();
     channel_at(&bed, "chart", &digest).await;
+    const PLANTED: &str = "chart-planted-secret-value-7f3a";
+    crate::apply::secret(&bed, "chart-env", &[("API_TOKEN", PLANTED)]).await;
     let id = launch_managed(&bed.stack, "chart", &[], HostState::Fresh).await.unwrap();
-    bed.create::<Tenant>(tenant_json("chart", &id, json!({"channel": "chart"}))).await.unwrap();
+    bed.create::<Tenant>(tenant_json(
+        "chart",
+        &id,
+        json!({"channel": "chart", "container": {"envFrom": [{"secretRef": {"name": "chart-env"}}]}}),
+    ))
+    .await
+    .unwrap();
     let converged = bed
         .wait_tenant("chart", Duration::from_secs(120), "convergence by the chart's process", |t| {
             cond(t, "Ready") == Some(("True".into(), "Converged".into()))
@@ -340,8 +353,14 @@ async fn the_charts_deployment_runs_as_a_cluster_would_and_converges_a_tenant() 
     let metrics = get_ok(&format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap();
     assert!(metrics.contains("tenant_operator_aws_calls_total{operation=\"SendCommand\"}"), "{metrics}");
     assert!(metrics.contains("tenant_operator_reconciles_total"), "{metrics}");
-    // JSON logs (the chart's default), no ANSI codes.
+    // JSON logs (the chart's default), no ANSI codes; no secret in them, nor in the API server's
+    // audit log (Secrets are audited at Metadata level).
     let text = log();
+    for secret in [PLANTED, "chart-e2e-hmac-key"] {
+        assert!(!text.contains(secret), "{secret} in the operator's log");
+        let audit = std::fs::read_to_string(bed.cp.audit_log()).unwrap_or_default();
+        assert!(!audit.contains(secret) && !audit.contains(&b64(secret)), "{secret} in the audit log");
+    }
     assert!(!text.contains('\u{1b}'), "ANSI codes in the log:\n{text}");
     assert!(text.lines().filter(|l| !l.trim().is_empty()).all(|l| serde_json::from_str::<Value>(l).is_ok()), "{text}");
     let _ = process.start_kill();
