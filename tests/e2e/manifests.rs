@@ -346,18 +346,13 @@ impl Server {
 
     fn dynamic(&self, doc: &Value) -> Api<DynamicObject> {
         let kind = kind_of(doc);
-        let plural = match kind {
-            "Tenant" => "tenants",
-            "ImageChannel" => "imagechannels",
-            "RolloutPolicy" => "rolloutpolicies",
-            other => panic!("not a fleet kind: {other}"),
-        };
+        let plural = plural(kind);
         let ar = ApiResource {
             group: GROUP.into(),
             version: VERSION.into(),
             api_version: fleet_api_version(),
             kind: kind.into(),
-            plural: plural.into(),
+            plural,
         };
         let ns = doc.pointer("/metadata/namespace").and_then(Value::as_str).expect("namespaced");
         Api::namespaced_with(self.client.clone(), ns, &ar)
@@ -365,12 +360,7 @@ impl Server {
 
     fn plural_path(&self, doc: &Value) -> String {
         let ns = doc.pointer("/metadata/namespace").and_then(Value::as_str).expect("namespaced");
-        let plural = match kind_of(doc) {
-            "Tenant" => "tenants",
-            "ImageChannel" => "imagechannels",
-            _ => "rolloutpolicies",
-        };
-        format!("/apis/{GROUP}/{VERSION}/namespaces/{ns}/{plural}")
+        format!("/apis/{GROUP}/{VERSION}/namespaces/{ns}/{}", plural(kind_of(doc)))
     }
 
     /// A create (POST) with strict field validation, as `kubectl create/apply --validate=strict`
@@ -443,6 +433,15 @@ fn causes(res: Result<Value, kube::Error>, doc: &Value) -> Result<Value, Vec<Fie
         }
         Err(e) => panic!("sending {} {}: {e}", kind_of(doc), name_of(doc)),
     }
+}
+
+/// The resource name of a fleet kind, from the CRDs the operator generates.
+fn plural(kind: &str) -> String {
+    tenant_operator::crd::all_crds()
+        .into_iter()
+        .find(|(_, crd)| crd.spec.names.kind == kind)
+        .map(|(_, crd)| crd.spec.names.plural)
+        .unwrap_or_else(|| panic!("not a fleet kind: {kind}"))
 }
 
 /// `doc` without its null fields: kubectl drops them before it sends an object.
