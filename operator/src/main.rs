@@ -68,6 +68,10 @@ struct RunArgs {
     /// How often an idle host is observed, e.g. `5m`.
     #[arg(long, default_value = "5m")]
     observe_interval: String,
+    /// The wait after a rollout notification's first failed attempt, e.g. `2s` (it doubles after
+    /// each, at most 5m; 10 attempts).
+    #[arg(long, default_value = "2s")]
+    notify_retry_base: String,
     /// File holding the key of the env-revision HMAC.
     #[arg(long, env = "TENANT_OPERATOR_HMAC_KEY_FILE")]
     hmac_key_file: Option<PathBuf>,
@@ -194,6 +198,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         env_hmac_key,
         watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
         instance: args.pod_name.clone(),
+        notify_retry_base: parse_duration(&args.notify_retry_base)?,
         ..Default::default()
     };
     let metrics = Arc::new(Metrics::default());

@@ -41,6 +41,15 @@ pub struct AwsCallLabels {
     pub operation: String,
 }
 
+/// Labels of a notification delivery.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    /// Event type (`Started`, `GatePassed`, `Halted`, `Aborted`, `Complete`, `Emergency`).
+    pub event: String,
+    /// `delivered`, `retrying`, `gave_up`, `unknown` (the operator stopped while sending).
+    pub result: String,
+}
+
 /// All metrics of the operator.
 pub struct Metrics {
     /// Reconciles by controller and result.
@@ -51,6 +60,8 @@ pub struct Metrics {
     pub tenants: Family<ConditionLabels, Gauge>,
     /// AWS calls by operation.
     pub aws_calls: Family<AwsCallLabels, Counter>,
+    /// Notification attempts by event and result.
+    pub notifications: Family<NotificationLabels, Counter>,
     registry: Mutex<Registry>,
 }
 
@@ -62,12 +73,18 @@ impl Default for Metrics {
             commands: Family::default(),
             tenants: Family::default(),
             aws_calls: Family::default(),
+            notifications: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         registry.register("reconciles", "Reconciles by controller and result", m.reconciles.clone());
         registry.register("commands", "SSM commands by action and outcome", m.commands.clone());
         registry.register("tenants", "Tenants by condition status", m.tenants.clone());
         registry.register("aws_calls", "AWS API calls by operation", m.aws_calls.clone());
+        registry.register(
+            "notifications",
+            "Rollout notification attempts by event and result",
+            m.notifications.clone(),
+        );
         Metrics { registry: Mutex::new(registry), ..m }
     }
 }
@@ -81,6 +98,11 @@ impl Metrics {
     /// Counts a command outcome.
     pub fn command(&self, action: &str, outcome: &str) {
         self.commands.get_or_create(&CommandLabels { action: action.into(), outcome: outcome.into() }).inc();
+    }
+
+    /// Counts a notification attempt.
+    pub fn notification(&self, event: &str, result: &str) {
+        self.notifications.get_or_create(&NotificationLabels { event: event.into(), result: result.into() }).inc();
     }
 
     /// Sets the tenant gauge (every known condition type and status is written, zeros included,

@@ -17,6 +17,7 @@
 use super::{COORDINATOR_MANAGER, Context, Error};
 use crate::core::channel as channel_rules;
 use crate::core::conditions::{self, Cond};
+use crate::core::notify;
 use crate::core::rollout::{self, Emergency, Requests, State, TenantView, phase};
 use crate::core::tenant as plan;
 use crate::crd::{
@@ -301,6 +302,7 @@ async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Resu
     let mut writes: Vec<(String, Revision)> = Vec::new();
     let mut after: Vec<Followup> = Vec::new();
     let mut notes = Vec::new();
+    let mut events = Vec::new();
     let mut requeue = Duration::from_secs(60);
     let mut emergency: Option<Cond> = invalid.map(|m| Cond::no(EMERGENCY_CONDITION, "InvalidRequest", m));
     for ch in &channels {
@@ -369,6 +371,9 @@ async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Resu
         if let Some(d) = out.requeue {
             requeue = requeue.min(d);
         }
+        if let Some(r) = &out.record {
+            events.extend(notify::events_of(&ns, &name, r, &out.notes, |t| failure(&tenants, t), &now));
+        }
         notes.extend(out.notes.iter().cloned());
         if let Some(r) = out.record {
             records.push(r);
@@ -382,6 +387,8 @@ async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Resu
     let conds = policy_conditions(&records, emergency);
     let newest = records.iter().max_by(|a, b| a.started_at.cmp(&b.started_at)).map(|r| r.phase.clone());
     let new_conditions = conditions::merge(&status.conditions, &conds, policy.metadata.generation, &Time(now));
+    // Rollout events go in the same write as the transitions they describe (the notifier's outbox).
+    let events = notify::append(&status.events, events);
     let patch = json!({
         "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "RolloutPolicy",
         "status": {
@@ -390,11 +397,13 @@ async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Resu
             "rollouts": records,
             "handledRequests": handled,
             "conditions": new_conditions,
+            "events": events,
         }
     });
     let changed = status.rollouts != records
         || status.handled_requests != handled
         || status.conditions != new_conditions
+        || status.events != events
         || status.observed_generation != policy.metadata.generation;
     if changed {
         papi.patch_status(&name, &PatchParams::apply(COORDINATOR_MANAGER).force(), &Patch::Apply(&patch)).await?;
@@ -425,6 +434,26 @@ async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Resu
     }
     ctx.metrics.reconciled("rollout", "ok");
     Ok(Action::requeue(requeue.max(Duration::from_millis(200))))
+}
+
+/// Why a tenant failed, from its Ready condition (for the halt's event).
+fn failure(tenants: &[Tenant], name: &str) -> String {
+    let ready = tenants
+        .iter()
+        .find(|t| t.name_any() == name)
+        .and_then(|t| t.status.as_ref())
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == ct::READY && c.status == "False"));
+    match ready {
+        Some(c) => {
+            let mut why = format!("{}: {}", c.reason, c.message);
+            if let Some((i, _)) = why.char_indices().nth(300) {
+                why.truncate(i);
+                why.push('…');
+            }
+            why
+        }
+        None => "failed verification".into(),
+    }
 }
 
 enum Followup {

@@ -4,6 +4,7 @@ pub mod channel;
 pub mod coordinator;
 pub mod error;
 pub mod leader;
+pub mod notifier;
 pub mod observer;
 pub mod tenant;
 
@@ -22,6 +23,8 @@ use tokio::sync::Mutex;
 pub const MANAGER: &str = "tenant-operator";
 /// Field manager of the rollout coordinator (it owns `status.target` only).
 pub const COORDINATOR_MANAGER: &str = "tenant-operator-coordinator";
+/// Field manager of the notifier (it owns `RolloutPolicy.status.notifications` only).
+pub const NOTIFIER_MANAGER: &str = "tenant-operator-notifier";
 /// Finalizer that removes a tenant's parameters when it is deleted.
 pub const FINALIZER: &str = "fleet.molecule.ai/parameters";
 
@@ -48,6 +51,8 @@ pub struct Settings {
     pub watch_namespace: Option<String>,
     /// This replica's name (`--pod-name`): the events' reporting instance.
     pub instance: Option<String>,
+    /// The wait after a notification's first failed attempt (doubling after each, at most 5 min).
+    pub notify_retry_base: Duration,
 }
 
 impl Default for Settings {
@@ -63,6 +68,7 @@ impl Default for Settings {
             observe_batch_window: Duration::from_millis(250),
             watch_namespace: None,
             instance: None,
+            notify_retry_base: Duration::from_secs(2),
         }
     }
 }
@@ -162,5 +168,6 @@ pub async fn run_all(
         tenant::run(ctx.clone(), wait(shutdown.clone())),
         coordinator::run(ctx.clone(), wait(shutdown.clone()), wait(shutdown.clone())),
         channel::run(ctx.clone(), resolver, wait(shutdown.clone())),
+        notifier::run(ctx.clone(), wait(shutdown.clone())),
     );
 }

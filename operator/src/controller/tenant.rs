@@ -1169,6 +1169,7 @@ pub fn default_policy() -> RolloutPolicySpec {
         health_check: Default::default(),
         smoke_checks: Vec::new(),
         max_errors: 0,
+        notifications: Vec::new(),
     })
 }
 

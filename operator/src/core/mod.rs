@@ -5,6 +5,7 @@
 pub mod adoption;
 pub mod channel;
 pub mod conditions;
+pub mod notify;
 pub mod report;
 pub mod rollout;
 pub mod tenant;

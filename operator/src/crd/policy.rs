@@ -62,6 +62,12 @@ pub struct RolloutPolicySpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 10000))]
     pub max_errors: i32,
+
+    /// Webhook sinks told about this policy's rollouts (started, gate passed, halted, aborted,
+    /// complete, emergency). A list map keyed by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub notifications: Vec<NotificationSink>,
 }
 
 fn default_keep_previous() -> i32 {
@@ -198,6 +204,162 @@ pub enum SmokeMethod {
     Head,
 }
 
+/// A webhook that hears of rollouts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationSink {
+    /// Name, unique in the policy (deliveries are recorded under it).
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 63))]
+    pub name: String,
+    /// The body: `Generic` JSON or a `Slack` incoming-webhook message.
+    #[serde(default)]
+    pub format: NotificationFormat,
+    /// The Secret (in the policy's namespace) and key holding the URL to POST to (http or https).
+    /// The URL is never logged or written to status: a Slack webhook URL is a credential.
+    pub url_secret_ref: SecretKeyRef,
+    /// The events sent (every event when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 6), extend("x-kubernetes-list-type" = "set"))]
+    pub events: Vec<RolloutEventType>,
+}
+
+/// Body format of a notification sink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NotificationFormat {
+    /// `{"id", "type", "policy", "channel", "digest", "tenants", ...}`.
+    #[default]
+    Generic,
+    /// `{"text", "blocks"}`, accepted by Slack incoming webhooks (and Mattermost, Rocket.Chat).
+    Slack,
+}
+
+/// What happened to a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum RolloutEventType {
+    /// A new digest started rolling out.
+    Started,
+    /// The canary gate passed: production moves.
+    GatePassed,
+    /// Too many tenants failed: nothing else moves.
+    Halted,
+    /// Aborted by request: moved tenants go back, the digest is rejected.
+    Aborted,
+    /// Every tenant runs the digest.
+    Complete,
+    /// An emergency rollout moved every tier at once.
+    Emergency,
+}
+
+/// A tenant named by an event, with why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventTenant {
+    /// Tenant name.
+    pub name: String,
+    /// Why it is named (for a halt: why its apply failed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// One rollout event, recorded by the coordinator in the same write as the transition it
+/// describes: the outbox the notifier delivers from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutEvent {
+    /// Stable id (also sent as `X-Tenant-Operator-Delivery`, so a receiver can deduplicate).
+    pub id: String,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub type_: RolloutEventType,
+    /// Channel.
+    pub channel: String,
+    /// Digest.
+    pub digest: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Human-readable.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Tenants it names (a halt: the failed ones and why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<EventTenant>,
+}
+
+/// Result of one delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeliveryResult {
+    /// The sink answered 2xx.
+    Delivered,
+    /// Every attempt failed, or the sink refused it for good (4xx): not sent again.
+    GaveUp,
+    /// The operator stopped while sending: not sent again (at most once), the receiver may or may
+    /// not have it.
+    Unknown,
+    /// The event happened before the sink was added: not sent.
+    Skipped,
+}
+
+/// A finished delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// Event id.
+    pub id: String,
+    /// How it ended.
+    pub result: DeliveryResult,
+    /// Attempts made.
+    #[serde(default)]
+    pub attempts: i32,
+    /// When it ended (RFC 3339).
+    pub at: String,
+}
+
+/// State of the delivery under way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AttemptState {
+    /// An attempt was started (recorded before the request is sent).
+    Sending,
+    /// The last attempt failed; the next waits until `nextAttemptAt`.
+    Retrying,
+}
+
+/// The delivery under way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// Event id.
+    pub id: String,
+    /// Attempts started so far.
+    pub attempts: i32,
+    /// Sending or waiting to retry.
+    pub state: AttemptState,
+    /// Why the last attempt failed (never the URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the next attempt may start (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+/// What a sink was sent; owned by the notifier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkStatus {
+    /// The sink's name.
+    pub sink: String,
+    /// When the notifier first saw the sink: older events are not sent to it.
+    pub since: String,
+    /// Deliveries that ended, for events still in `status.events`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<Delivery>,
+    /// The delivery under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<Attempt>,
+    /// Why the sink cannot be used (its Secret or URL), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
 /// Counts for one tier of a rollout.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -297,4 +459,14 @@ pub struct RolloutPolicyStatus {
     /// kstatus conditions.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The newest rollout events, oldest first (at most [`EVENTS_KEPT`]); written by the
+    /// coordinator with the transition each describes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<RolloutEvent>,
+    /// Deliveries to each notification sink; written by the notifier only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<SinkStatus>,
 }
+
+/// Rollout events kept in a policy's status.
+pub const EVENTS_KEPT: usize = 20;
