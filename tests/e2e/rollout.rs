@@ -121,7 +121,7 @@ pub async fn get_policy(bed: &Bed, name: &str) -> RolloutPolicy {
     Api::<RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns).get(name).await.unwrap()
 }
 
-fn record(p: &RolloutPolicy, channel: &str) -> Option<RolloutStatus> {
+pub fn record(p: &RolloutPolicy, channel: &str) -> Option<RolloutStatus> {
     p.status.as_ref()?.rollouts.iter().find(|r| r.channel == channel).cloned()
 }
 
@@ -130,7 +130,7 @@ fn pcond(p: &RolloutPolicy, type_: &str) -> Option<(String, String, String)> {
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-async fn wait_policy(
+pub async fn wait_policy(
     bed: &Bed,
     name: &str,
     what: &str,
@@ -167,7 +167,7 @@ async fn wait_event(bed: &Bed, name: &str, what: &str, pred: impl Fn(&(String, S
 }
 
 /// Reasons of the events recorded for an object.
-async fn event_reasons(bed: &Bed, name: &str) -> Vec<(String, String)> {
+pub async fn event_reasons(bed: &Bed, name: &str) -> Vec<(String, String)> {
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::all(bed.client.clone());
     api.list(&ListParams::default())
         .await

@@ -62,11 +62,17 @@ async fn reconcile(policy: Arc<RolloutPolicy>, n: Arc<Notifier>) -> Result<Actio
     let ctx = &n.ctx;
     let ns = policy.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let name = policy.name_any();
-    let status = policy.status.clone().unwrap_or_default();
-    if policy.spec.notifications.is_empty() && status.notifications.is_empty() {
+    let cached = policy.status.as_ref().map(|s| s.notifications.is_empty()).unwrap_or(true);
+    if policy.spec.notifications.is_empty() && cached {
         return Ok(Action::await_change());
     }
     let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    // Decide from the stored object: the watch cache can be older than this notifier's own last
+    // write, and an attempt read back as `Sending` would be taken for one cut short by a stop.
+    let Some(policy) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let status = policy.status.clone().unwrap_or_default();
     // Sinks that were in the policy from its first generation hear of every recorded event;
     // a sink added later, of events from the moment it was first seen.
     let since = if policy.metadata.generation == Some(1) { Timestamp::UNIX_EPOCH } else { Timestamp::now() };
@@ -109,16 +115,23 @@ async fn reconcile(policy: Arc<RolloutPolicy>, n: Arc<Notifier>) -> Result<Actio
         if sends.is_empty() {
             break;
         }
-        let results = futures::future::join_all(sends.iter().map(|(i, e)| {
-            let sink = &policy.spec.notifications[*i];
-            let url = urls[*i].clone().unwrap_or_else(|_| unreachable_url());
-            deliver(&n.http, url, sink, &ns, &name, e)
-        }))
-        .await;
-        let now = Timestamp::now();
-        for ((i, e), outcome) in sends.iter().zip(results) {
-            let sink = &policy.spec.notifications[*i];
-            let s = notify::after(sinks[*i].clone(), &outcome, ctx.settings.notify_retry_base, &now);
+        // Each outcome is written as it comes: a slow sink never holds up another's record.
+        let mut pending: futures::stream::FuturesUnordered<_> = sends
+            .into_iter()
+            .map(|(i, e)| {
+                let sink = &policy.spec.notifications[i];
+                let url = urls[i].clone().unwrap_or_else(|_| unreachable_url());
+                let http = &n.http;
+                let (ns, name) = (&ns, &name);
+                async move {
+                    let outcome = deliver(http, url, sink, ns, name, &e).await;
+                    (i, e, outcome)
+                }
+            })
+            .collect();
+        while let Some((i, e, outcome)) = pending.next().await {
+            let sink = &policy.spec.notifications[i];
+            let s = notify::after(sinks[i].clone(), &outcome, ctx.settings.notify_retry_base, &Timestamp::now());
             let result = s.deliveries.iter().find(|d| d.id == e.id).map(|d| d.result);
             let label = match (&outcome, result) {
                 (Outcome::Delivered, _) => "delivered",
@@ -139,9 +152,9 @@ async fn reconcile(policy: Arc<RolloutPolicy>, n: Arc<Notifier>) -> Result<Actio
                     warn!(policy = %name, sink = %sink.name, event = ?e.type_, id = %e.id, error = %why, "notification failed; will retry");
                 }
             }
-            sinks[*i] = s;
+            sinks[i] = s;
+            write(&api, &name, &sinks, &mut written).await?;
         }
-        write(&api, &name, &sinks, &mut written).await?;
     }
     ctx.metrics.reconciled("notifier", "ok");
     Ok(match requeue {
