@@ -982,6 +982,47 @@ mod tests {
         assert!(f.step(Some(D1), &Requests::default()).admit.is_empty());
     }
 
+    /// The event types the engine's notes stand for, step by step (what the notifier sends).
+    fn event_types(f: &Fleet) -> Vec<crate::crd::RolloutEventType> {
+        f.log.iter().flat_map(|o| o.notes.iter().filter_map(|n| crate::core::notify::event_type(n.reason))).collect()
+    }
+
+    #[test]
+    fn every_rollout_event_users_are_told_about_comes_from_a_note_of_the_engine() {
+        use crate::crd::RolloutEventType as E;
+        let spec = serde_json::json!({"maxConcurrency": 5, "stagger": "0s",
+            "canary": {"minCanaries": 1, "soak": "0s", "sampleInterval": "1s"}});
+        let mut f = Fleet::new(spec.clone(), 1, 2, D1);
+        for _ in 0..6 {
+            f.step(Some(D2), &Requests::default());
+            f.settle();
+            f.now += 1;
+        }
+        assert_eq!(f.phase(), phase::COMPLETE);
+        assert_eq!(event_types(&f), vec![E::Started, E::GatePassed, E::Complete]);
+
+        let mut f = Fleet::new(spec.clone(), 1, 2, D1);
+        f.failing = vec!["c0".into()];
+        for _ in 0..3 {
+            f.step(Some(D2), &Requests::default());
+            f.settle();
+            f.now += 1;
+        }
+        assert_eq!(f.phase(), phase::HALTED);
+        f.step(Some(D2), &Requests { abort: true, ..Default::default() });
+        assert_eq!(event_types(&f), vec![E::Started, E::Halted, E::Aborted]);
+
+        let mut f = Fleet::new(spec, 1, 2, D1);
+        let forced = Requests {
+            emergency: Some(Emergency { digest: D3.into(), channel: None, force: true }),
+            ..Default::default()
+        };
+        f.step(Some(D1), &forced);
+        f.settle();
+        f.step(Some(D1), &Requests::default());
+        assert_eq!(event_types(&f), vec![E::Emergency, E::Complete]);
+    }
+
     #[test]
     fn new_tenants_get_the_stable_digest_while_a_rollout_is_under_way() {
         let mut f = Fleet::new(serde_json::json!({"canary": {"soak": "3600s"}}), 1, 1, D1);
