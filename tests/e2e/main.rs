@@ -10,6 +10,7 @@ mod chart;
 mod controlplane;
 mod crash;
 mod drift;
+mod failover;
 mod gitops;
 mod harness;
 mod hostile;

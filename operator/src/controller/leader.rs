@@ -8,9 +8,12 @@
 //! leader election ends) or when `shutdown` fires (then the Lease is released so a standby takes
 //! over at its next look, within one lease duration).
 //!
-//! A leader cut off from the API server cannot renew and is replaced after `duration`; it cannot
-//! send a command meanwhile either, because every command is preceded by an intent written to the
-//! tenant's status (see `controller::tenant`).
+//! A leader cut off from the API server cannot renew and is replaced after `duration`. It must not
+//! write once that can have happened: while leading it reads the Lease itself ([`renewal_overdue`])
+//! and stops its controllers when the last renewal it saw is older than `duration` less a margin,
+//! even if it cannot reach the server to find out whether another candidate took over (client-go's
+//! renew deadline). Without that a partitioned leader kept its controllers and, once the link
+//! healed, wrote beside the new leader (the failover e2e test read both in the audit log).
 
 use super::Error;
 use kube_lease_manager::LeaseManagerBuilder;
@@ -72,6 +75,7 @@ where
     F: FnOnce(watch::Receiver<bool>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let watchdog_client = client.clone();
     let manager = LeaseManagerBuilder::new(client, &lease.name)
         .with_namespace(&lease.namespace)
         .with_identity(&lease.identity)
@@ -102,6 +106,7 @@ where
     let outcome = tokio::select! {
         () = stopping(&mut shutdown) => Ok(()),
         () = lost(&mut leading) => Err(Error::LeadershipLost),
+        () = renewal_overdue(watchdog_client, &lease) => Err(Error::LeadershipLost),
         _ = &mut running => Ok(()),
     };
     // Lost: stop at once (a kill at any instant is safe); shutting down: let reconciles finish.
@@ -126,6 +131,44 @@ async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// How long a Lease renewed at `renewed` is still ours, less `margin`, at `now`. Pure.
+pub fn still_ours(renewed: jiff::Timestamp, now: jiff::Timestamp, duration: Duration, margin: Duration) -> Duration {
+    let age = Duration::try_from(now.duration_since(renewed)).unwrap_or_default();
+    duration.saturating_sub(margin).saturating_sub(age)
+}
+
+/// Resolves when this leader can no longer be sure it holds the Lease: the newest renewal it read
+/// (it polls the Lease) is about to expire, or the Lease names someone else. A read that fails or
+/// hangs (a partition) confirms nothing, so the deadline runs on.
+async fn renewal_overdue(client: kube::Client, lease: &LeaseSettings) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let api: kube::Api<Lease> = kube::Api::namespaced(client, &lease.namespace);
+    let duration = Duration::from_secs(lease.duration_secs.max(2));
+    let grace = Duration::from_secs(lease.grace_secs.max(1));
+    let margin = (grace / 2).max(Duration::from_millis(500));
+    let poll = (grace / 4).clamp(Duration::from_millis(250), Duration::from_secs(1));
+    // Just taken or renewed by the keeper.
+    let mut deadline = tokio::time::Instant::now() + duration.saturating_sub(margin);
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            warn!(identity = %lease.identity, "no renewal of the lease seen in time: stopping the controllers");
+            return;
+        }
+        tokio::time::sleep(poll.min(deadline - now)).await;
+        let Ok(Ok(found)) = tokio::time::timeout(poll, api.get(&lease.name)).await else { continue };
+        let Some(spec) = found.spec else { continue };
+        if spec.holder_identity.as_deref() != Some(lease.identity.as_str()) {
+            warn!(identity = %lease.identity, holder = ?spec.holder_identity, "the lease names another holder");
+            return;
+        }
+        if let Some(renewed) = spec.renew_time {
+            let left = still_ours(renewed.0, jiff::Timestamp::now(), duration, margin);
+            deadline = deadline.max(tokio::time::Instant::now() + left);
+        }
+    }
+}
+
 /// Resolves when the keeper says the Lease is no longer ours (or stops keeping it).
 async fn lost(leading: &mut watch::Receiver<bool>) {
     loop {
@@ -138,6 +181,18 @@ async fn lost(leading: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_is_ours_until_its_duration_less_the_margin_after_the_last_renewal() {
+        let renewed: jiff::Timestamp = "2026-12-03T10:00:00Z".parse().unwrap();
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let (d, m) = (Duration::from_secs(15), Duration::from_millis(2500));
+        assert_eq!(still_ours(renewed, at("2026-12-03T10:00:00Z"), d, m), Duration::from_millis(12500));
+        assert_eq!(still_ours(renewed, at("2026-12-03T10:00:10Z"), d, m), Duration::from_millis(2500));
+        assert_eq!(still_ours(renewed, at("2026-12-03T10:00:13Z"), d, m), Duration::ZERO);
+        // A renewal stamped ahead of this clock counts from now.
+        assert_eq!(still_ours(renewed, at("2026-12-03T09:59:59Z"), d, m), Duration::from_millis(12500));
+    }
 
     #[test]
     fn identities_are_unique_per_process_and_keep_the_pod_name() {

@@ -3,5 +3,6 @@
 
 pub mod controlplane;
 pub mod demo;
+pub mod partition;
 pub mod stack;
 pub mod warden;

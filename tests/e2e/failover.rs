@@ -1,0 +1,287 @@
+//! Leader failover of the real binary, judged by what the API server recorded: two
+//! `tenant-operator run` processes (the chart's ServiceAccount, a token each, leader election on)
+//! roll a fleet; the leader is SIGKILLed, or cut off from the API server by a partition while it
+//! keeps running. The standby takes over within the lease duration plus one renew, the rollout
+//! ends, no host applies a revision twice, and the kube-apiserver's audit log shows no write from
+//! the old leader's credential after the new leader's first write.
+
+use crate::apply::{channel_at, tenant_json};
+use crate::harness::Bed;
+use crate::rollout::{all_on, policy, record, wait_policy};
+use base64::Engine;
+use kube::api::Api;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tenant_operator::core::rollout::phase;
+use tenant_operator::crd::Tenant;
+use testbed::controlplane::{OPERATOR_NAMESPACE, RELEASE, kubectl};
+use testbed::demo::launch_managed;
+use testbed::partition::Partition;
+use testbed::stack::HostState;
+
+const LEASE_SECS: u64 = 3;
+/// `run` renews `duration / 3` seconds before expiry: every `duration - duration / 3` seconds.
+const RENEW_SECS: u64 = LEASE_SECS - LEASE_SECS / 3;
+
+/// One `tenant-operator run` process.
+struct Operator {
+    child: tokio::process::Child,
+    log: PathBuf,
+    /// The token's id, as the audit log names the credential (`JTI=<id>`).
+    credential: String,
+    /// The lease identity prefix (`--pod-name`).
+    pod: String,
+    link: Partition,
+}
+
+impl Operator {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// `<target>/debug/tenant-operator`, next to this test binary (`scripts/test` builds it).
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.ancestors().nth(2).unwrap().join("tenant-operator");
+    assert!(bin.is_file(), "no {} (cargo build -p tenant-operator --bins)", bin.display());
+    bin
+}
+
+fn jwt_id(token: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    claims["jti"].as_str().expect("a jti claim").to_string()
+}
+
+async fn spawn(bed: &Bed, dir: &Path, pod: &str) -> Operator {
+    let admin = dir.join("admin.kubeconfig");
+    bed.cp.write_kubeconfig(&admin).unwrap();
+    let token = kubectl(&admin, &["create", "token", RELEASE, "-n", OPERATOR_NAMESPACE], None, None).await.unwrap();
+    let token = token.trim().to_string();
+    let upstream: std::net::SocketAddr =
+        bed.cp.url.trim_start_matches("https://").parse().expect("the API server listens on an address");
+    let link = Partition::start(upstream).await.unwrap();
+    let kubeconfig = bed.cp.kubeconfig_with(pod, &token).replace(&bed.cp.url, &format!("https://{}", link.addr));
+    let kc = dir.join(format!("{pod}.kubeconfig"));
+    std::fs::write(&kc, kubeconfig).unwrap();
+    let key = dir.join("hmac.key");
+    std::fs::write(&key, b"e2e-failover-key").unwrap();
+    let log = dir.join(format!("{pod}.log"));
+    let free = || format!("127.0.0.1:{}", testbed::stack::free_port().unwrap());
+    let (marker, run_id) = testbed::warden::env().unwrap();
+    let child = tokio::process::Command::new(binary())
+        .arg("run")
+        .args(["--hmac-key-file", key.to_str().unwrap(), "--watch-namespace", &bed.ns])
+        .args(["--lease-name", &format!("lease-{}", bed.ns), "--lease-namespace", OPERATOR_NAMESPACE])
+        .args(["--lease-duration-seconds", &LEASE_SECS.to_string(), "--pod-name", pod])
+        .args(["--metrics-addr", &free(), "--webhook-addr", &free(), "--observe-interval", "3s"])
+        .args(["--insecure-registry", &bed.stack.registry, "--log-format", "json"])
+        .env_clear()
+        .envs(bed.stack.aws_env())
+        .env("KUBECONFIG", &kc)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(marker, run_id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    Operator { child, log, credential: format!("JTI={}", jwt_id(&token)), pod: pod.into(), link }
+}
+
+async fn holder(bed: &Bed) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(bed.client.clone(), OPERATOR_NAMESPACE);
+    leases.get_opt(&format!("lease-{}", bed.ns)).await.unwrap()?.spec?.holder_identity
+}
+
+async fn wait_holder(bed: &Bed, op: &Operator, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    let prefix = format!("{}_", op.pod);
+    while !holder(bed).await.is_some_and(|h| h.starts_with(&prefix)) {
+        assert!(t0.elapsed() < limit, "{} did not get the lease in {limit:?}:\n{}", op.pod, op.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t0.elapsed()
+}
+
+/// A write the API server recorded (the audit log: writes only, see the test bed's policy).
+#[derive(Debug)]
+struct Write {
+    at: jiff::Timestamp,
+    credential: String,
+    verb: String,
+    /// `namespace/resource/name[/subresource] -> HTTP code`.
+    what: String,
+}
+
+fn writes(bed: &Bed) -> Vec<Write> {
+    let text = std::fs::read_to_string(bed.cp.audit_log()).unwrap();
+    let mut out: Vec<Write> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter_map(|e| {
+            let credential = e["user"]["extra"]["authentication.kubernetes.io/credential-id"][0].as_str()?.to_string();
+            let r = &e["objectRef"];
+            Some(Write {
+                at: e["requestReceivedTimestamp"].as_str()?.parse().ok()?,
+                credential,
+                verb: e["verb"].as_str()?.to_string(),
+                what: format!(
+                    "{}/{}/{}{} -> {}",
+                    r["namespace"].as_str().unwrap_or(""),
+                    r["resource"].as_str().unwrap_or(""),
+                    r["name"].as_str().unwrap_or(""),
+                    r["subresource"].as_str().map(|s| format!("/{s}")).unwrap_or_default(),
+                    e["responseStatus"]["code"].as_i64().unwrap_or(0)
+                ),
+            })
+        })
+        .collect();
+    out.sort_by_key(|w| w.at);
+    out
+}
+
+/// Waits until the audit log holds a write by `credential` received after `after`.
+async fn wait_written(bed: &Bed, credential: &str, after: jiff::Timestamp) {
+    let t0 = Instant::now();
+    while !writes(bed).iter().any(|w| w.credential == credential && w.at > after) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no write by {credential} after {after} in the audit log");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Applies per (instance, action, revision) on the hosts (the simulator's timeline), observes
+/// aside: more than one is a revision applied twice.
+async fn double_applies(bed: &Bed) -> Vec<(String, usize)> {
+    let timeline = bed.stack.timeline().await.unwrap();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for r in timeline.as_array().unwrap() {
+        let p = &r["parameters"];
+        let action = p["action"][0].as_str().or(p["action"].as_str()).unwrap_or("");
+        if action == "observe" || action.is_empty() {
+            continue;
+        }
+        let revision = p["revision"][0].as_str().or(p["revision"].as_str()).unwrap_or("");
+        *seen.entry(format!("{} {action} {revision}", r["instance_id"].as_str().unwrap_or(""))).or_default() += 1;
+    }
+    seen.into_iter().filter(|(_, n)| *n > 1).collect()
+}
+
+const TENANTS: [&str; 5] = ["fo-a", "fo-b", "fo-c", "fo-d", "fo-e"];
+
+/// The fleet on v1 under a slow policy, two operators (the first the leader); returns v2's
+/// digest once its rollout is under way (a tenant moved, others still to go).
+async fn rollout_under_way(bed: &Bed, dir: &Path) -> (Operator, Operator, String, String) {
+    let v1 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "1")], false).await.unwrap();
+    channel_at(bed, "staging", &v1).await;
+    policy(bed, "slow", json!({"stagger": "2s", "maxConcurrency": 1, "canary": {"minCanaries": 0, "soak": "0s"}}))
+        .await;
+    for name in TENANTS {
+        let id = launch_managed(&bed.stack, name, &[], HostState::Fresh).await.unwrap();
+        bed.create::<Tenant>(tenant_json(name, &id, json!({"tier": "production", "rolloutPolicy": "slow"})))
+            .await
+            .unwrap();
+    }
+    let a = spawn(bed, dir, "replica-a").await;
+    wait_holder(bed, &a, Duration::from_secs(30)).await;
+    let b = spawn(bed, dir, "replica-b").await;
+    all_on(bed, &TENANTS, &v1, Duration::from_secs(180)).await;
+    let v2 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "2")], false).await.unwrap();
+    channel_at(bed, "staging", &v2).await;
+    wait_policy(bed, "slow", "v2's rollout under way", Duration::from_secs(90), |p| {
+        record(p, "staging").is_some_and(|r| r.digest == v2 && r.production.moved >= 1 && r.production.moved < 4)
+    })
+    .await;
+    (a, b, v1, v2)
+}
+
+/// The rollout ends on the new leader, nothing was applied twice, and after the new leader's first
+/// write the old leader's credential wrote nothing.
+async fn ends_with_one_writer(bed: &Bed, old: &Operator, new: &Operator, v2: &str) {
+    all_on(bed, &TENANTS, v2, Duration::from_secs(180)).await;
+    wait_policy(bed, "slow", "v2 complete", Duration::from_secs(60), |p| {
+        record(p, "staging").is_some_and(|r| r.digest == v2 && r.phase == phase::COMPLETE)
+    })
+    .await;
+    // A write by the new leader after all that, so the audit log is known to be flushed past it.
+    let mark = jiff::Timestamp::now();
+    tenant_operator::controller::coordinator::request(bed.client.clone(), &bed.ns, "slow", "pause", None)
+        .await
+        .unwrap();
+    wait_written(bed, &new.credential, mark).await;
+    assert_eq!(double_applies(bed).await, vec![], "a host applied a revision twice");
+
+    let all = writes(bed);
+    let first_new = all.iter().find(|w| w.credential == new.credential).expect("the new leader wrote");
+    let old_writes: Vec<&Write> = all.iter().filter(|w| w.credential == old.credential).collect();
+    assert!(!old_writes.is_empty(), "the old leader never wrote (was it the leader?)");
+    let late: Vec<&&Write> = old_writes.iter().filter(|w| w.at >= first_new.at).collect();
+    eprintln!(
+        "audit: {} writes by the old leader, {} by the new; the new one's first: {} {} at {}",
+        old_writes.len(),
+        all.iter().filter(|w| w.credential == new.credential).count(),
+        first_new.verb,
+        first_new.what,
+        first_new.at
+    );
+    assert!(late.is_empty(), "the old leader wrote after the new leader's first write: {late:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_leader_is_replaced_within_the_lease_and_never_writes_again() {
+    let bed = Bed::start_without_controllers().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b, _v1, v2) = rollout_under_way(&bed, dir.path()).await;
+    let t0 = Instant::now();
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+    wait_holder(&bed, &b, Duration::from_secs(LEASE_SECS + RENEW_SECS + 10)).await;
+    let takeover = t0.elapsed();
+    eprintln!("takeover after SIGKILL: {takeover:?} (lease {LEASE_SECS}s, renew every {RENEW_SECS}s)");
+    assert!(takeover <= Duration::from_secs(LEASE_SECS + RENEW_SECS + 1), "takeover took {takeover:?}:\n{}", b.log());
+    ends_with_one_writer(&bed, &a, &b, &v2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_stops_writing_before_the_standby_takes_over() {
+    let bed = Bed::start_without_controllers().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b, _v1, v2) = rollout_under_way(&bed, dir.path()).await;
+    let t0 = Instant::now();
+    a.link.cut();
+    wait_holder(&bed, &b, Duration::from_secs(LEASE_SECS + RENEW_SECS + 10)).await;
+    let takeover = t0.elapsed();
+    eprintln!("takeover after the partition: {takeover:?} (lease {LEASE_SECS}s, renew every {RENEW_SECS}s)");
+    assert!(takeover <= Duration::from_secs(LEASE_SECS + RENEW_SECS + 1), "takeover took {takeover:?}:\n{}", b.log());
+    // Cut off, the old leader cannot know who holds the lease: it stops its controllers when its
+    // last renewal is about to run out, and exits (to be restarted as a candidate).
+    let status = tokio::time::timeout(Duration::from_secs(30), a.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the partitioned leader kept running:\n{}", a.log()))
+        .unwrap();
+    assert!(!status.success(), "losing the lease is an error exit: {status}");
+    let fenced = a
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "no renewal of the lease seen in time: stopping the controllers")
+        .and_then(|l| l["timestamp"].as_str()?.parse::<jiff::Timestamp>().ok())
+        .unwrap_or_else(|| panic!("no renew deadline in the old leader's log:\n{}", a.log()));
+    a.link.heal();
+    ends_with_one_writer(&bed, &a, &b, &v2).await;
+    let first_new = writes(&bed).into_iter().find(|w| w.credential == b.credential).unwrap();
+    eprintln!("the old leader stopped its controllers at {fenced}, the new leader's first write at {}", first_new.at);
+    assert!(
+        fenced < first_new.at,
+        "the old leader stopped at {fenced}, after the new one's first write at {}",
+        first_new.at
+    );
+}
