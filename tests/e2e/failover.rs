@@ -235,6 +235,14 @@ async fn ends_with_one_writer(bed: &Bed, old: &Operator, new: &Operator, v2: &st
     assert!(late.is_empty(), "the old leader wrote after the new leader's first write: {late:#?}");
 }
 
+/// The standby holds the lease within the lease duration plus one renew of `t0`.
+async fn takes_over(bed: &Bed, b: &Operator, t0: Instant, after: &str) {
+    wait_holder(bed, b, Duration::from_secs(LEASE_SECS + RENEW_SECS + 10)).await;
+    let takeover = t0.elapsed();
+    eprintln!("takeover after {after}: {takeover:?} (lease {LEASE_SECS}s, renew every {RENEW_SECS}s)");
+    assert!(takeover <= Duration::from_secs(LEASE_SECS + RENEW_SECS + 1), "takeover took {takeover:?}:\n{}", b.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_leader_is_replaced_within_the_lease_and_never_writes_again() {
     let bed = Bed::start_without_controllers().await.unwrap();
@@ -243,10 +251,7 @@ async fn a_sigkilled_leader_is_replaced_within_the_lease_and_never_writes_again(
     let t0 = Instant::now();
     a.child.start_kill().unwrap();
     a.child.wait().await.unwrap();
-    wait_holder(&bed, &b, Duration::from_secs(LEASE_SECS + RENEW_SECS + 10)).await;
-    let takeover = t0.elapsed();
-    eprintln!("takeover after SIGKILL: {takeover:?} (lease {LEASE_SECS}s, renew every {RENEW_SECS}s)");
-    assert!(takeover <= Duration::from_secs(LEASE_SECS + RENEW_SECS + 1), "takeover took {takeover:?}:\n{}", b.log());
+    takes_over(&bed, &b, t0, "SIGKILL").await;
     ends_with_one_writer(&bed, &a, &b, &v2).await;
 }
 
@@ -257,10 +262,7 @@ async fn a_partitioned_leader_stops_writing_before_the_standby_takes_over() {
     let (mut a, b, _v1, v2) = rollout_under_way(&bed, dir.path()).await;
     let t0 = Instant::now();
     a.link.cut();
-    wait_holder(&bed, &b, Duration::from_secs(LEASE_SECS + RENEW_SECS + 10)).await;
-    let takeover = t0.elapsed();
-    eprintln!("takeover after the partition: {takeover:?} (lease {LEASE_SECS}s, renew every {RENEW_SECS}s)");
-    assert!(takeover <= Duration::from_secs(LEASE_SECS + RENEW_SECS + 1), "takeover took {takeover:?}:\n{}", b.log());
+    takes_over(&bed, &b, t0, "the partition").await;
     // Cut off, the old leader cannot know who holds the lease: it stops its controllers when its
     // last renewal is about to run out, and exits (to be restarted as a candidate).
     let status = tokio::time::timeout(Duration::from_secs(30), a.child.wait())
