@@ -22,7 +22,7 @@ use testbed::demo::launch_managed;
 use testbed::partition::Partition;
 use testbed::stack::HostState;
 
-const LEASE_SECS: u64 = 3;
+const LEASE_SECS: u64 = 6;
 /// `run` renews `duration / 3` seconds before expiry: every `duration - duration / 3` seconds.
 const RENEW_SECS: u64 = LEASE_SECS - LEASE_SECS / 3;
 
@@ -43,6 +43,20 @@ impl Operator {
     }
 }
 
+impl Drop for Operator {
+    /// A failing test shows what each process said last.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- the last lines of {}:", self.pod);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 /// `<target>/debug/tenant-operator`, next to this test binary (`scripts/test` builds it).
 fn binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -58,7 +72,22 @@ fn jwt_id(token: &str) -> String {
     claims["jti"].as_str().expect("a jti claim").to_string()
 }
 
-async fn spawn(bed: &Bed, dir: &Path, pod: &str) -> Operator {
+/// What a process needs of the bed (owned, so the standbys' keeper can start more).
+#[derive(Clone)]
+struct Spec {
+    cp: &'static testbed::controlplane::ControlPlane,
+    ns: String,
+    registry: String,
+    aws_env: Vec<(String, String)>,
+}
+
+impl Spec {
+    fn of(bed: &Bed) -> Spec {
+        Spec { cp: bed.cp, ns: bed.ns.clone(), registry: bed.stack.registry.clone(), aws_env: bed.stack.aws_env() }
+    }
+}
+
+async fn spawn(bed: &Spec, dir: &Path, pod: &str) -> Operator {
     let admin = dir.join("admin.kubeconfig");
     bed.cp.write_kubeconfig(&admin).unwrap();
     let token = kubectl(&admin, &["create", "token", RELEASE, "-n", OPERATOR_NAMESPACE], None, None).await.unwrap();
@@ -80,9 +109,9 @@ async fn spawn(bed: &Bed, dir: &Path, pod: &str) -> Operator {
         .args(["--lease-name", &format!("lease-{}", bed.ns), "--lease-namespace", OPERATOR_NAMESPACE])
         .args(["--lease-duration-seconds", &LEASE_SECS.to_string(), "--pod-name", pod])
         .args(["--metrics-addr", &free(), "--webhook-addr", &free(), "--observe-interval", "3s"])
-        .args(["--insecure-registry", &bed.stack.registry, "--log-format", "json"])
+        .args(["--insecure-registry", &bed.registry, "--log-format", "json"])
         .env_clear()
-        .envs(bed.stack.aws_env())
+        .envs(bed.aws_env.clone())
         .env("KUBECONFIG", &kc)
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env(marker, run_id)
@@ -101,23 +130,69 @@ async fn holder(bed: &Bed) -> Option<String> {
     leases.get_opt(&format!("lease-{}", bed.ns)).await.unwrap()?.spec?.holder_identity
 }
 
-async fn wait_holder(bed: &Bed, op: &Operator, limit: Duration) -> Duration {
+async fn wait_holder(bed: &Bed, who: &str, limit: Duration) -> Duration {
     let t0 = Instant::now();
-    let prefix = format!("{}_", op.pod);
+    let prefix = format!("{who}_");
     while !holder(bed).await.is_some_and(|h| h.starts_with(&prefix)) {
-        assert!(t0.elapsed() < limit, "{} did not get the lease in {limit:?}:\n{}", op.pod, op.log());
+        assert!(t0.elapsed() < limit, "{who} did not get the lease in {limit:?}: {:?}", holder(bed).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     t0.elapsed()
+}
+
+/// The standbys, kept running the way the kubelet keeps a Deployment's pods: one that exits
+/// (a replica that lost the lease exits on purpose) is replaced by a new process with a new token.
+struct Standbys {
+    replicas: std::sync::Arc<tokio::sync::Mutex<Vec<Operator>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Standbys {
+    async fn start(bed: Spec, dir: PathBuf) -> Standbys {
+        let first = spawn(&bed, &dir, "replica-b").await;
+        let replicas = std::sync::Arc::new(tokio::sync::Mutex::new(vec![first]));
+        let r = replicas.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let mut all = r.lock().await;
+                let n = all.len();
+                let last = all.last_mut().expect("a replica");
+                if let Ok(Some(status)) = last.child.try_wait() {
+                    eprintln!("{} exited ({status}); starting replica-b{n}", last.pod);
+                    let next = spawn(&bed, &dir, &format!("replica-b{n}")).await;
+                    all.push(next);
+                }
+            }
+        });
+        Standbys { replicas, task }
+    }
+
+    /// The lease holder is one of the standbys.
+    async fn took_over(&self, bed: &Bed) -> bool {
+        let pods: Vec<String> = self.replicas.lock().await.iter().map(|o| format!("{}_", o.pod)).collect();
+        holder(bed).await.is_some_and(|h| pods.iter().any(|p| h.starts_with(p)))
+    }
+
+    async fn credentials(&self) -> Vec<String> {
+        self.replicas.lock().await.iter().map(|o| o.credential.clone()).collect()
+    }
+}
+
+impl Drop for Standbys {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A write the API server recorded (the audit log: writes only, see the test bed's policy).
 #[derive(Debug)]
 struct Write {
     at: jiff::Timestamp,
+    namespace: String,
     credential: String,
-    verb: String,
-    /// `namespace/resource/name[/subresource] -> HTTP code`.
+    /// `verb namespace/resource/name[/subresource] -> HTTP code` (shown when the test fails).
+    #[allow(dead_code)]
     what: String,
 }
 
@@ -132,10 +207,11 @@ fn writes(bed: &Bed) -> Vec<Write> {
             let r = &e["objectRef"];
             Some(Write {
                 at: e["requestReceivedTimestamp"].as_str()?.parse().ok()?,
+                namespace: r["namespace"].as_str().unwrap_or("").to_string(),
                 credential,
-                verb: e["verb"].as_str()?.to_string(),
                 what: format!(
-                    "{}/{}/{}{} -> {}",
+                    "{} {}/{}/{}{} -> {}",
+                    e["verb"].as_str()?,
                     r["namespace"].as_str().unwrap_or(""),
                     r["resource"].as_str().unwrap_or(""),
                     r["name"].as_str().unwrap_or(""),
@@ -147,15 +223,6 @@ fn writes(bed: &Bed) -> Vec<Write> {
         .collect();
     out.sort_by_key(|w| w.at);
     out
-}
-
-/// Waits until the audit log holds a write by `credential` received after `after`.
-async fn wait_written(bed: &Bed, credential: &str, after: jiff::Timestamp) {
-    let t0 = Instant::now();
-    while !writes(bed).iter().any(|w| w.credential == credential && w.at > after) {
-        assert!(t0.elapsed() < Duration::from_secs(30), "no write by {credential} after {after} in the audit log");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 /// Applies per (instance, action, revision) on the hosts (the simulator's timeline), observes
@@ -177,9 +244,9 @@ async fn double_applies(bed: &Bed) -> Vec<(String, usize)> {
 
 const TENANTS: [&str; 5] = ["fo-a", "fo-b", "fo-c", "fo-d", "fo-e"];
 
-/// The fleet on v1 under a slow policy, two operators (the first the leader); returns v2's
+/// The fleet on v1 under a slow policy, the leader `replica-a` and its standbys; returns v2's
 /// digest once its rollout is under way (a tenant moved, others still to go).
-async fn rollout_under_way(bed: &Bed, dir: &Path) -> (Operator, Operator, String, String) {
+async fn rollout_under_way(bed: &Bed, dir: &Path) -> (Operator, Standbys, String) {
     let v1 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "1")], false).await.unwrap();
     channel_at(bed, "staging", &v1).await;
     policy(bed, "slow", json!({"stagger": "2s", "maxConcurrency": 1, "canary": {"minCanaries": 0, "soak": "0s"}}))
@@ -190,64 +257,85 @@ async fn rollout_under_way(bed: &Bed, dir: &Path) -> (Operator, Operator, String
             .await
             .unwrap();
     }
-    let a = spawn(bed, dir, "replica-a").await;
-    wait_holder(bed, &a, Duration::from_secs(30)).await;
-    let b = spawn(bed, dir, "replica-b").await;
+    let a = spawn(&Spec::of(bed), dir, "replica-a").await;
+    wait_holder(bed, "replica-a", Duration::from_secs(30)).await;
+    let b = Standbys::start(Spec::of(bed), dir.to_path_buf()).await;
     all_on(bed, &TENANTS, &v1, Duration::from_secs(180)).await;
+    assert!(holder(bed).await.is_some_and(|h| h.starts_with("replica-a_")), "the first leader is still leading");
     let v2 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "2")], false).await.unwrap();
     channel_at(bed, "staging", &v2).await;
     wait_policy(bed, "slow", "v2's rollout under way", Duration::from_secs(90), |p| {
         record(p, "staging").is_some_and(|r| r.digest == v2 && r.production.moved >= 1 && r.production.moved < 4)
     })
     .await;
-    (a, b, v1, v2)
+    (a, b, v2)
 }
 
-/// The rollout ends on the new leader, nothing was applied twice, and after the new leader's first
-/// write the old leader's credential wrote nothing.
-async fn ends_with_one_writer(bed: &Bed, old: &Operator, new: &Operator, v2: &str) {
+/// A standby holds the lease within the lease duration plus one renew of `t0`.
+async fn takes_over(bed: &Bed, b: &Standbys, t0: Instant, after: &str) {
+    let limit = Duration::from_secs(LEASE_SECS + RENEW_SECS + 10);
+    while !b.took_over(bed).await {
+        assert!(t0.elapsed() < limit, "no standby took the lease: {:?}", holder(bed).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let takeover = t0.elapsed();
+    eprintln!("takeover after {after}: {takeover:?} (lease {LEASE_SECS}s, renew every {RENEW_SECS}s)");
+    assert!(takeover <= Duration::from_secs(LEASE_SECS + RENEW_SECS + 1), "takeover took {takeover:?}");
+}
+
+/// The rollout ends, nothing was applied twice, and the API server never had two writers: among
+/// the writes to the test's namespace, each process's (its token's) form one unbroken run, and
+/// the old leader's all come before anyone else's.
+async fn ends_with_one_writer(bed: &Bed, old: &Operator, b: &Standbys, v2: &str) -> jiff::Timestamp {
     all_on(bed, &TENANTS, v2, Duration::from_secs(180)).await;
     wait_policy(bed, "slow", "v2 complete", Duration::from_secs(60), |p| {
         record(p, "staging").is_some_and(|r| r.digest == v2 && r.phase == phase::COMPLETE)
     })
     .await;
-    // A write by the new leader after all that, so the audit log is known to be flushed past it.
+    // A write by the leader after all that, so the audit log is known to be flushed past it.
     let mark = jiff::Timestamp::now();
     tenant_operator::controller::coordinator::request(bed.client.clone(), &bed.ns, "slow", "pause", None)
         .await
         .unwrap();
-    wait_written(bed, &new.credential, mark).await;
+    let ours: Vec<String> = b.credentials().await.into_iter().chain([old.credential.clone()]).collect();
+    let t0 = Instant::now();
+    while !writes(bed).iter().any(|w| ours.contains(&w.credential) && w.namespace == bed.ns && w.at > mark) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no write by the leader after {mark} in the audit log");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     assert_eq!(double_applies(bed).await, vec![], "a host applied a revision twice");
 
-    let all = writes(bed);
-    let first_new = all.iter().find(|w| w.credential == new.credential).expect("the new leader wrote");
-    let old_writes: Vec<&Write> = all.iter().filter(|w| w.credential == old.credential).collect();
-    assert!(!old_writes.is_empty(), "the old leader never wrote (was it the leader?)");
-    let late: Vec<&&Write> = old_writes.iter().filter(|w| w.at >= first_new.at).collect();
-    eprintln!(
-        "audit: {} writes by the old leader, {} by the new; the new one's first: {} {} at {}",
-        old_writes.len(),
-        all.iter().filter(|w| w.credential == new.credential).count(),
-        first_new.verb,
-        first_new.what,
-        first_new.at
-    );
-    assert!(late.is_empty(), "the old leader wrote after the new leader's first write: {late:#?}");
-}
-
-/// The standby holds the lease within the lease duration plus one renew of `t0`.
-async fn takes_over(bed: &Bed, b: &Operator, t0: Instant, after: &str) {
-    wait_holder(bed, b, Duration::from_secs(LEASE_SECS + RENEW_SECS + 10)).await;
-    let takeover = t0.elapsed();
-    eprintln!("takeover after {after}: {takeover:?} (lease {LEASE_SECS}s, renew every {RENEW_SECS}s)");
-    assert!(takeover <= Duration::from_secs(LEASE_SECS + RENEW_SECS + 1), "takeover took {takeover:?}:\n{}", b.log());
+    let fleet: Vec<Write> =
+        writes(bed).into_iter().filter(|w| w.namespace == bed.ns && ours.contains(&w.credential)).collect();
+    let mut runs: Vec<(&str, usize)> = Vec::new();
+    for w in &fleet {
+        match runs.last_mut() {
+            Some((c, n)) if *c == w.credential => *n += 1,
+            _ => runs.push((&w.credential, 1)),
+        }
+    }
+    eprintln!("audit: writes to the namespace by process, in order: {runs:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, (c, _)) in runs.iter().enumerate() {
+        assert!(
+            seen.insert(*c),
+            "two writers: {c} wrote again after another process; around it: {:#?}",
+            fleet
+                .iter()
+                .filter(|w| runs[i.saturating_sub(1)].0 == w.credential || w.credential == *c)
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(runs.first().map(|r| r.0), Some(old.credential.as_str()), "the first leader wrote first");
+    assert!(runs.len() >= 2, "no other process wrote: {runs:?}");
+    fleet.iter().find(|w| w.credential != old.credential).map(|w| w.at).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_leader_is_replaced_within_the_lease_and_never_writes_again() {
     let bed = Bed::start_without_controllers().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (mut a, b, _v1, v2) = rollout_under_way(&bed, dir.path()).await;
+    let (mut a, b, v2) = rollout_under_way(&bed, dir.path()).await;
     let t0 = Instant::now();
     a.child.start_kill().unwrap();
     a.child.wait().await.unwrap();
@@ -259,7 +347,7 @@ async fn a_sigkilled_leader_is_replaced_within_the_lease_and_never_writes_again(
 async fn a_partitioned_leader_stops_writing_before_the_standby_takes_over() {
     let bed = Bed::start_without_controllers().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (mut a, b, _v1, v2) = rollout_under_way(&bed, dir.path()).await;
+    let (mut a, b, v2) = rollout_under_way(&bed, dir.path()).await;
     let t0 = Instant::now();
     a.link.cut();
     takes_over(&bed, &b, t0, "the partition").await;
@@ -278,12 +366,7 @@ async fn a_partitioned_leader_stops_writing_before_the_standby_takes_over() {
         .and_then(|l| l["timestamp"].as_str()?.parse::<jiff::Timestamp>().ok())
         .unwrap_or_else(|| panic!("no renew deadline in the old leader's log:\n{}", a.log()));
     a.link.heal();
-    ends_with_one_writer(&bed, &a, &b, &v2).await;
-    let first_new = writes(&bed).into_iter().find(|w| w.credential == b.credential).unwrap();
-    eprintln!("the old leader stopped its controllers at {fenced}, the new leader's first write at {}", first_new.at);
-    assert!(
-        fenced < first_new.at,
-        "the old leader stopped at {fenced}, after the new one's first write at {}",
-        first_new.at
-    );
+    let first_new = ends_with_one_writer(&bed, &a, &b, &v2).await;
+    eprintln!("the old leader stopped its controllers at {fenced}, the next leader's first write at {first_new}");
+    assert!(fenced < first_new, "the old leader stopped at {fenced}, after the next one's first write at {first_new}");
 }

@@ -145,8 +145,9 @@ async fn renewal_overdue(client: kube::Client, lease: &LeaseSettings) {
     let api: kube::Api<Lease> = kube::Api::namespaced(client, &lease.namespace);
     let duration = Duration::from_secs(lease.duration_secs.max(2));
     let grace = Duration::from_secs(lease.grace_secs.max(1));
-    let margin = (grace / 2).max(Duration::from_millis(500));
-    let poll = (grace / 4).clamp(Duration::from_millis(250), Duration::from_secs(1));
+    // The leader stops `margin` before the Lease can expire: a standby takes it only after expiry.
+    let margin = (grace / 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
+    let poll = (grace / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
     // Just taken or renewed by the keeper.
     let mut deadline = tokio::time::Instant::now() + duration.saturating_sub(margin);
     loop {
@@ -156,7 +157,9 @@ async fn renewal_overdue(client: kube::Client, lease: &LeaseSettings) {
             return;
         }
         tokio::time::sleep(poll.min(deadline - now)).await;
-        let Ok(Ok(found)) = tokio::time::timeout(poll, api.get(&lease.name)).await else { continue };
+        // A read may take as long as the deadline leaves (a slow server is not a lost Lease).
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Ok(Ok(found)) = tokio::time::timeout(left, api.get(&lease.name)).await else { continue };
         let Some(spec) = found.spec else { continue };
         if spec.holder_identity.as_deref() != Some(lease.identity.as_str()) {
             warn!(identity = %lease.identity, holder = ?spec.holder_identity, "the lease names another holder");
