@@ -117,6 +117,25 @@ async fn dump(bed: &Bed) -> String {
     serde_json::to_string_pretty(&json!({"tenants": tenants, "policies": p})).unwrap()
 }
 
+/// Waits until the coordinator has carried out a whole step of `policy` that began after this
+/// call: two requests that change nothing (a `retry` of a rollout that is not halted), each
+/// acknowledged in turn. Steps of one policy never overlap, so once the second is acknowledged the
+/// first step's writes (targets) are done: what did not move by then was decided not to move.
+pub async fn coordinator_settled(bed: &Bed, policy: &str) {
+    for _ in 0..2 {
+        let p = get_policy(bed, policy).await;
+        assert!(
+            p.status.iter().flat_map(|s| &s.rollouts).all(|r| r.phase != phase::HALTED),
+            "a retry would act on a halted rollout"
+        );
+        let token = coordinator::request(bed.client.clone(), &bed.ns, policy, "retry", None).await.unwrap();
+        wait_policy(bed, policy, "the no-op request acknowledged", Duration::from_secs(30), |p| {
+            p.status.as_ref().is_some_and(|s| s.handled_requests.get("retry") == Some(&token))
+        })
+        .await;
+    }
+}
+
 pub async fn get_policy(bed: &Bed, name: &str) -> RolloutPolicy {
     Api::<RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns).get(name).await.unwrap()
 }
@@ -326,7 +345,7 @@ async fn without_canaries_the_rollout_waits_and_a_canary_unhealthy_in_the_soak_f
     })
     .await;
     assert!(pcond(&p, "Stalled").unwrap().2.contains("0 canary tenants"), "{:?}", pcond(&p, "Stalled"));
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    coordinator_settled(&bed, "gated").await;
     for t in bed.tenants().list(&ListParams::default()).await.unwrap() {
         assert_eq!(target(&t).as_deref(), Some(v1.as_str()), "{:?} moved without a canary", t.metadata.name);
     }
@@ -480,7 +499,7 @@ async fn requests_act_once_abort_rejects_pause_holds_promote_ends_the_soak_retry
     })
     .await;
     assert_eq!(pcond(&p, "Ready").unwrap().1, "Paused");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    coordinator_settled(&bed, "manual").await;
     for name in ["prod-m", "prod-n"] {
         assert_eq!(target(&bed.tenants().get(name).await.unwrap()).as_deref(), Some(v1.as_str()), "moved while paused");
     }
@@ -550,7 +569,7 @@ async fn an_emergency_moves_every_tier_at_once_only_with_force() {
     let c = pcond(&p, "EmergencyApplied").unwrap();
     assert_eq!((c.0.as_str(), c.1.as_str()), ("False", "ForceRequired"), "{c:?}");
     wait_event(&bed, "slow", "EmergencyRefused", |e| e.0 == "EmergencyRefused").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    coordinator_settled(&bed, "slow").await;
     for t in bed.tenants().list(&ListParams::default()).await.unwrap() {
         assert_eq!(target(&t).as_deref(), Some(v1.as_str()));
     }
@@ -575,8 +594,17 @@ async fn an_emergency_moves_every_tier_at_once_only_with_force() {
     // Applying it again is a no-op: no command reaches a host.
     let before = applies_of(&bed, &fix).await.len();
     assert_eq!(before, 3);
-    coordinator::request(bed.client.clone(), &bed.ns, "slow", "emergency", Some(&forced)).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let admitted =
+        |ts: &[Tenant]| ts.iter().map(|t| t.status.as_ref().and_then(|s| s.target.clone())).collect::<Vec<_>>();
+    let targets = admitted(&bed.tenants().list(&ListParams::default()).await.unwrap().items);
+    let again = coordinator::request(bed.client.clone(), &bed.ns, "slow", "emergency", Some(&forced)).await.unwrap();
+    wait_policy(&bed, "slow", "the repeated emergency acknowledged", Duration::from_secs(30), |p| {
+        p.status.as_ref().is_some_and(|s| s.handled_requests.get("emergency") == Some(&again))
+    })
+    .await;
+    coordinator_settled(&bed, "slow").await;
+    // Not admitted again (the same targets, the same admission times), so no command follows.
+    assert_eq!(admitted(&bed.tenants().list(&ListParams::default()).await.unwrap().items), targets);
     assert_eq!(applies_of(&bed, &fix).await.len(), 3);
     all_on(&bed, &all, &fix, Duration::from_secs(10)).await;
 }
@@ -608,7 +636,7 @@ async fn registry_down_keeps_the_last_good_digest_and_nothing_moves() {
     assert!(ready.message.contains(&v1), "the message says what stays in force: {}", ready.message);
     assert_eq!(st.digest.as_deref(), Some(v1.as_str()), "the last good digest stays");
     // Nothing moves: the tenant keeps its target and serves on; no apply is sent.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    coordinator_settled(&bed, "steady").await;
     let t = bed.tenants().get("prod-r").await.unwrap();
     assert_eq!(target(&t).as_deref(), Some(v1.as_str()));
     all_on(&bed, &["prod-r"], &v1, Duration::from_secs(15)).await;
