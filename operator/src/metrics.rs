@@ -59,8 +59,9 @@ pub struct AwsErrorLabels {
 /// Labels of the rollout phase gauge: one rollout is a (policy, channel).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct RolloutLabels {
-    /// Namespace of the RolloutPolicy.
-    pub namespace: String,
+    /// Namespace of the RolloutPolicy (not `namespace`: a scrape's target label of that name, the
+    /// operator's own namespace, would rename it).
+    pub policy_namespace: String,
     /// RolloutPolicy.
     pub policy: String,
     /// ImageChannel.
@@ -73,7 +74,7 @@ pub struct RolloutLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct RolloutTenantLabels {
     /// Namespace of the RolloutPolicy.
-    pub namespace: String,
+    pub policy_namespace: String,
     /// RolloutPolicy.
     pub policy: String,
     /// ImageChannel.
@@ -118,7 +119,7 @@ pub fn rollout_series(namespace: &str, policy: &str, rollouts: &[crate::crd::Rol
     for r in rollouts {
         for p in ROLLOUT_PHASES {
             let l = RolloutLabels {
-                namespace: namespace.into(),
+                policy_namespace: namespace.into(),
                 policy: policy.into(),
                 channel: r.channel.clone(),
                 phase: p.into(),
@@ -128,7 +129,7 @@ pub fn rollout_series(namespace: &str, policy: &str, rollouts: &[crate::crd::Rol
         for (tier, progress) in [("canary", &r.canary), ("production", &r.production)] {
             for (count, n) in [("moved", progress.moved), ("failed", progress.failed), ("in_tier", progress.total)] {
                 let l = RolloutTenantLabels {
-                    namespace: namespace.into(),
+                    policy_namespace: namespace.into(),
                     policy: policy.into(),
                     channel: r.channel.clone(),
                     tier: tier.into(),
@@ -397,7 +398,7 @@ mod tests {
             value(
                 &text,
                 &format!(
-                    "tenant_operator_rollouts{{namespace=\"fleet\",policy=\"safe\",channel=\"{ch}\",phase=\"{p}\"}}"
+                    "tenant_operator_rollouts{{policy_namespace=\"fleet\",policy=\"safe\",channel=\"{ch}\",phase=\"{p}\"}}"
                 ),
             )
         };
@@ -410,7 +411,7 @@ mod tests {
             value(
                 &text,
                 &format!(
-                    "tenant_operator_rollout_tenants{{namespace=\"fleet\",policy=\"safe\",channel=\"{ch}\",tier=\"{tier}\",count=\"{count}\"}}"
+                    "tenant_operator_rollout_tenants{{policy_namespace=\"fleet\",policy=\"safe\",channel=\"{ch}\",tier=\"{tier}\",count=\"{count}\"}}"
                 ),
             )
         };
@@ -433,20 +434,20 @@ mod tests {
         m.set_rollouts("fleet", "safe", &[rollout("stable", "Production", (1, 0, 1), (0, 0, 1))]);
         let text = m.encode();
         assert!(!text.contains("channel=\"edge\""), "{text}");
-        assert!(text.contains("tenant_operator_rollouts{namespace=\"fleet\",policy=\"safe\",channel=\"stable\",phase=\"Production\"} 1"), "{text}");
+        assert!(text.contains("tenant_operator_rollouts{policy_namespace=\"fleet\",policy=\"safe\",channel=\"stable\",phase=\"Production\"} 1"), "{text}");
         assert!(
             text.contains(
-                "tenant_operator_rollouts{namespace=\"fleet\",policy=\"safe\",channel=\"stable\",phase=\"Canary\"} 0"
+                "tenant_operator_rollouts{policy_namespace=\"fleet\",policy=\"safe\",channel=\"stable\",phase=\"Canary\"} 0"
             ),
             "{text}"
         );
         // The policy is deleted.
         m.set_rollouts("fleet", "safe", &[]);
         let text = m.encode();
-        assert!(!text.contains("namespace=\"fleet\""), "{text}");
+        assert!(!text.contains("policy_namespace=\"fleet\""), "{text}");
         assert!(
             text.contains(
-                "tenant_operator_rollouts{namespace=\"other\",policy=\"safe\",channel=\"stable\",phase=\"Soaking\"} 1"
+                "tenant_operator_rollouts{policy_namespace=\"other\",policy=\"safe\",channel=\"stable\",phase=\"Soaking\"} 1"
             ),
             "{text}"
         );
