@@ -18,6 +18,7 @@ mod image;
 mod kubectl;
 mod leader;
 mod manifests;
+mod observability;
 mod plugin;
 mod rbac;
 mod rollout;
