@@ -33,7 +33,7 @@ pub fn init_with(format: LogFormat, filter: &str) {
     };
 }
 
-/// Serves `/metrics` (Prometheus text format), `/healthz` (the process answers) and `/readyz`
+/// Serves `/metrics` (OpenMetrics or classic Prometheus text, by the `Accept` header), `/healthz` (the process answers) and `/readyz`
 /// (200 once `ready` is set: the API server answered; 503 before) in the background.
 pub async fn serve_metrics(
     addr: std::net::SocketAddr,
@@ -42,7 +42,14 @@ pub async fn serve_metrics(
 ) -> anyhow::Result<()> {
     use axum::{Router, http::StatusCode, routing::get};
     let app = Router::new()
-        .route("/metrics", get(move || async move { metrics.encode() }))
+        .route(
+            "/metrics",
+            get(move |headers: axum::http::HeaderMap| async move {
+                let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok());
+                let (content_type, body) = metrics.exposition(accept);
+                ([(axum::http::header::CONTENT_TYPE, content_type)], body)
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",

@@ -253,3 +253,58 @@ fn the_charts_app_version_is_the_crate_version() {
         "Chart.yaml appVersion must be the crate version"
     );
 }
+
+/// The PrometheusRule and the dashboard ConfigMap ship exactly the files promtool and
+/// tests/observability check: charts/tenant-operator/files/prometheus-rules.yaml (its groups) and
+/// the dashboard, which is also deploy/grafana/fleet-dashboard.json.
+#[test]
+fn the_prometheus_rule_and_the_dashboard_are_the_checked_files() {
+    let bin = find_helm();
+    let home = tempfile::tempdir().unwrap();
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let base = ["template", "t", chart, "--namespace", "ops"];
+    helm(&bin, home.path(), &["lint", "--strict", chart, "--set", "prometheusRule.enabled=true"]);
+
+    let rules_file = std::fs::read_to_string(chart_dir().join("files/prometheus-rules.yaml")).unwrap();
+    let rules: Value = serde_yaml_ng::from_str(&rules_file).unwrap();
+    assert!(rules["groups"].as_array().is_some_and(|g| !g.is_empty()), "{rules}");
+    let mut args = base.to_vec();
+    args.extend(["--set", "prometheusRule.enabled=true", "--set", "prometheusRule.labels.release=kps"]);
+    let docs = documents(&helm(&bin, home.path(), &args));
+    assert!(!kinds(&docs).contains(&"PrometheusRule".to_string()), "PrometheusRule without monitoring.coreos.com/v1");
+    args.extend(["--api-versions", "monitoring.coreos.com/v1"]);
+    let docs = documents(&helm(&bin, home.path(), &args));
+    let pr = one(&docs, "PrometheusRule");
+    assert_eq!(pr["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pr["metadata"]["namespace"], "ops");
+    assert_eq!(pr["metadata"]["labels"]["release"], "kps");
+    assert_eq!(
+        pr["spec"]["groups"], rules["groups"],
+        "the PrometheusRule's groups are not files/prometheus-rules.yaml's"
+    );
+    // The alert texts keep Prometheus' own templates (helm does not render the file).
+    assert!(pr.to_string().contains("{{ $labels.policy }}"), "{pr}");
+    let mut off = base.to_vec();
+    off.extend(["--api-versions", "monitoring.coreos.com/v1"]);
+    assert!(!kinds(&documents(&helm(&bin, home.path(), &off))).contains(&"PrometheusRule".to_string()));
+
+    let shipped = std::fs::read(repo_root().join("deploy/grafana/fleet-dashboard.json")).unwrap();
+    let copy = std::fs::read(chart_dir().join("files/fleet-dashboard.json")).unwrap();
+    assert!(
+        shipped == copy,
+        "charts/tenant-operator/files/fleet-dashboard.json differs from deploy/grafana/fleet-dashboard.json \
+         (fix: cp deploy/grafana/fleet-dashboard.json charts/tenant-operator/files/)"
+    );
+    let mut args = base.to_vec();
+    args.extend(["--set", "grafanaDashboard.enabled=true", "--set", "grafanaDashboard.namespace=monitoring"]);
+    let docs = documents(&helm(&bin, home.path(), &args));
+    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "t-tenant-operator-dashboard");
+    let cm = cm.unwrap_or_else(|| panic!("no dashboard ConfigMap in {:?}", kinds(&docs)));
+    assert_eq!(cm["metadata"]["namespace"], "monitoring");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let rendered: Value = serde_json::from_str(cm["data"]["tenant-operator-fleet.json"].as_str().unwrap()).unwrap();
+    assert_eq!(rendered, serde_json::from_slice::<Value>(&shipped).unwrap());
+    let docs = documents(&helm(&bin, home.path(), &base));
+    assert!(!docs.iter().any(|d| d["kind"] == "ConfigMap"), "a dashboard ConfigMap though disabled");
+}

@@ -350,9 +350,32 @@ async fn the_charts_deployment_runs_as_a_cluster_would_and_converges_a_tenant() 
             rss.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
         );
     }
-    let metrics = get_ok(&format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let metrics = get_ok(&metrics_url).await.unwrap();
     assert!(metrics.contains("tenant_operator_aws_calls_total{operation=\"SendCommand\"}"), "{metrics}");
     assert!(metrics.contains("tenant_operator_reconciles_total"), "{metrics}");
+    // A tenant under a RolloutPolicy, so the rollout gauges have series too; then promtool on the
+    // scrape, and its families are the fixture's (tests/e2e/observability.rs).
+    crate::rollout::policy(&bed, "chart-policy", json!({"stagger": "0s"})).await;
+    let rolled = launch_managed(&bed.stack, "chart-rolled", &[], HostState::Fresh).await.unwrap();
+    bed.create::<Tenant>(tenant_json(
+        "chart-rolled",
+        &rolled,
+        json!({"channel": "chart", "tier": "canary", "rolloutPolicy": "chart-policy"}),
+    ))
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    loop {
+        let m = get_ok(&metrics_url).await.unwrap_or_default();
+        let phase = "tenant_operator_rollouts{policy_namespace=";
+        if m.contains(phase) && m.contains("tenant_operator_rollout_tenants{") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no rollout gauges:\n{m}\noperator log:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    crate::observability::check_scrape(&metrics_url).await;
     // JSON logs (the chart's default), no ANSI codes; no secret in them, nor in the API server's
     // audit log (Secrets are audited at Metadata level).
     let text = log();

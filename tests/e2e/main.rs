@@ -20,6 +20,7 @@ mod kubectl;
 mod leader;
 mod manifests;
 mod notify;
+mod observability;
 mod plugin;
 mod rbac;
 mod rollout;

@@ -136,6 +136,19 @@ pub async fn coordinator_settled(bed: &Bed, policy: &str) {
     }
 }
 
+/// Waits until the controllers' metrics show `series` at `value` (the gauge follows the record).
+async fn gauge_is(bed: &Bed, series: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = bed.metrics.encode();
+        if text.lines().any(|l| l.rsplit_once(' ') == Some((series, value))) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {series} {value} in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn get_policy(bed: &Bed, name: &str) -> RolloutPolicy {
     Api::<RolloutPolicy>::namespaced(bed.client.clone(), &bed.ns).get(name).await.unwrap()
 }
@@ -411,6 +424,12 @@ async fn a_canary_failing_verification_is_rolled_back_halts_the_rollout_and_the_
     })
     .await;
     assert_eq!(record(&p, "staging").unwrap().failed_tenants, vec!["can-b"]);
+    // What the TenantOperatorRolloutHalted alert reads, and the dashboard's failed count.
+    let rollout = format!("policy_namespace=\"{}\",policy=\"strict\",channel=\"staging\"", bed.ns);
+    gauge_is(&bed, &format!("tenant_operator_rollouts{{{rollout},phase=\"Halted\"}}"), "1").await;
+    gauge_is(&bed, &format!("tenant_operator_rollouts{{{rollout},phase=\"Canary\"}}"), "0").await;
+    gauge_is(&bed, &format!("tenant_operator_rollout_tenants{{{rollout},tier=\"canary\",count=\"failed\"}}"), "1")
+        .await;
     // The canary went back to v1 and serves it; production and stable never saw v2.
     all_on(&bed, &["can-b"], &v1, Duration::from_secs(60)).await;
     let t = bed.tenants().get("can-b").await.unwrap();
@@ -428,6 +447,10 @@ async fn a_canary_failing_verification_is_rolled_back_halts_the_rollout_and_the_
     })
     .await;
     assert!(record(&p, "staging").unwrap().failed_tenants.is_empty());
+    gauge_is(&bed, &format!("tenant_operator_rollouts{{{rollout},phase=\"Complete\"}}"), "1").await;
+    gauge_is(&bed, &format!("tenant_operator_rollouts{{{rollout},phase=\"Halted\"}}"), "0").await;
+    gauge_is(&bed, &format!("tenant_operator_rollout_tenants{{{rollout},tier=\"production\",count=\"moved\"}}"), "2")
+        .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while channel_digest(&bed, "stable").await.as_deref() != Some(v3.as_str()) {
         assert!(Instant::now() < deadline, "stable was not promoted to v3");

@@ -6,7 +6,9 @@
 //! `UpdateDocument` + `UpdateDocumentDefaultVersion`), so this counts **trait calls labelled by their
 //! main operation**, not HTTP requests; the SDK's own retries are not counted either. Counts go to
 //! `Metrics.aws_calls{operation}` and to the wrapper's own counters (readable with
-//! [`Counting::snapshot`], for tests and budgets).
+//! [`Counting::snapshot`], for tests and budgets). A call that fails is also counted in
+//! `Metrics.aws_call_errors{operation,error}` by its [`AwsError`] class (after the SDK's own
+//! retries: a throttle the SDK absorbed is not seen here).
 
 use super::*;
 use crate::metrics::{AwsCallLabels, Metrics};
@@ -32,6 +34,18 @@ pub mod op {
     pub const GET_PARAMETERS_BY_PATH: &str = "GetParametersByPath";
     /// [`super::Aws::delete_parameters`].
     pub const DELETE_PARAMETERS: &str = "DeleteParameters";
+    /// Every operation above.
+    pub const ALL: [&str; 9] = [
+        DESCRIBE_INSTANCES,
+        DESCRIBE_INSTANCE_INFORMATION,
+        ENSURE_DOCUMENT,
+        SEND_COMMAND,
+        LIST_COMMANDS,
+        GET_COMMAND_INVOCATION,
+        PUT_PARAMETER,
+        GET_PARAMETERS_BY_PATH,
+        DELETE_PARAMETERS,
+    ];
 }
 
 /// Delegates to `A`, counting each call by operation.
@@ -44,6 +58,11 @@ pub struct Counting<A: Aws> {
 impl<A: Aws> Counting<A> {
     /// Counts into its own counters and, when given, into `metrics.aws_calls`.
     pub fn new(inner: A, metrics: Option<Arc<Metrics>>) -> Self {
+        if let Some(m) = &metrics {
+            for operation in op::ALL {
+                m.aws_operation(operation);
+            }
+        }
         Counting { inner, metrics, counts: Mutex::new(BTreeMap::new()) }
     }
 
@@ -76,6 +95,15 @@ impl<A: Aws> Counting<A> {
     }
 }
 
+impl<A: Aws> Counting<A> {
+    fn seen<T>(&self, operation: &'static str, result: Result<T, AwsError>) -> Result<T, AwsError> {
+        if let (Some(m), Err(e)) = (&self.metrics, &result) {
+            m.aws_error(operation, e);
+        }
+        result
+    }
+}
+
 /// `after - before`, per operation (operations without calls in between left out).
 pub fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     after
@@ -89,27 +117,27 @@ pub fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> B
 impl<A: Aws> Aws for Counting<A> {
     async fn describe_instances(&self, scope: &AwsScope, query: &InstanceQuery) -> Result<Vec<InstanceInfo>, AwsError> {
         self.count(op::DESCRIBE_INSTANCES);
-        self.inner.describe_instances(scope, query).await
+        self.seen(op::DESCRIBE_INSTANCES, self.inner.describe_instances(scope, query).await)
     }
 
     async fn ping(&self, scope: &AwsScope, ids: &[String]) -> Result<BTreeMap<String, Ping>, AwsError> {
         self.count(op::DESCRIBE_INSTANCE_INFORMATION);
-        self.inner.ping(scope, ids).await
+        self.seen(op::DESCRIBE_INSTANCE_INFORMATION, self.inner.ping(scope, ids).await)
     }
 
     async fn ensure_document(&self, scope: &AwsScope, name: &str, content: &str) -> Result<String, AwsError> {
         self.count(op::ENSURE_DOCUMENT);
-        self.inner.ensure_document(scope, name, content).await
+        self.seen(op::ENSURE_DOCUMENT, self.inner.ensure_document(scope, name, content).await)
     }
 
     async fn send_command(&self, scope: &AwsScope, cmd: &SendCommand) -> Result<String, AwsError> {
         self.count(op::SEND_COMMAND);
-        self.inner.send_command(scope, cmd).await
+        self.seen(op::SEND_COMMAND, self.inner.send_command(scope, cmd).await)
     }
 
     async fn find_command(&self, scope: &AwsScope, instance: &str, token: &str) -> Result<Option<String>, AwsError> {
         self.count(op::LIST_COMMANDS);
-        self.inner.find_command(scope, instance, token).await
+        self.seen(op::LIST_COMMANDS, self.inner.find_command(scope, instance, token).await)
     }
 
     async fn invocation(
@@ -119,21 +147,102 @@ impl<A: Aws> Aws for Counting<A> {
         instance: &str,
     ) -> Result<Option<Invocation>, AwsError> {
         self.count(op::GET_COMMAND_INVOCATION);
-        self.inner.invocation(scope, command_id, instance).await
+        self.seen(op::GET_COMMAND_INVOCATION, self.inner.invocation(scope, command_id, instance).await)
     }
 
     async fn put_secure_parameter(&self, scope: &AwsScope, name: &str, value: &str) -> Result<(), AwsError> {
         self.count(op::PUT_PARAMETER);
-        self.inner.put_secure_parameter(scope, name, value).await
+        self.seen(op::PUT_PARAMETER, self.inner.put_secure_parameter(scope, name, value).await)
     }
 
     async fn list_parameters(&self, scope: &AwsScope, path: &str) -> Result<Vec<String>, AwsError> {
         self.count(op::GET_PARAMETERS_BY_PATH);
-        self.inner.list_parameters(scope, path).await
+        self.seen(op::GET_PARAMETERS_BY_PATH, self.inner.list_parameters(scope, path).await)
     }
 
     async fn delete_parameters(&self, scope: &AwsScope, names: &[String]) -> Result<(), AwsError> {
         self.count(op::DELETE_PARAMETERS);
-        self.inner.delete_parameters(scope, names).await
+        self.seen(op::DELETE_PARAMETERS, self.inner.delete_parameters(scope, names).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails every call with the error its name says.
+    struct Failing;
+
+    #[async_trait]
+    impl Aws for Failing {
+        async fn describe_instances(&self, _: &AwsScope, _: &InstanceQuery) -> Result<Vec<InstanceInfo>, AwsError> {
+            Err(AwsError::Throttled("Throttling: Rate exceeded".into()))
+        }
+        async fn ping(&self, _: &AwsScope, _: &[String]) -> Result<BTreeMap<String, Ping>, AwsError> {
+            Ok(BTreeMap::new())
+        }
+        async fn ensure_document(&self, _: &AwsScope, _: &str, _: &str) -> Result<String, AwsError> {
+            Err(AwsError::AccessDenied("no".into()))
+        }
+        async fn send_command(&self, _: &AwsScope, _: &SendCommand) -> Result<String, AwsError> {
+            Err(AwsError::Throttled("ThrottlingException".into()))
+        }
+        async fn find_command(&self, _: &AwsScope, _: &str, _: &str) -> Result<Option<String>, AwsError> {
+            Ok(None)
+        }
+        async fn invocation(&self, _: &AwsScope, _: &str, _: &str) -> Result<Option<Invocation>, AwsError> {
+            Err(AwsError::NotFound("InvocationDoesNotExist".into()))
+        }
+        async fn put_secure_parameter(&self, _: &AwsScope, _: &str, _: &str) -> Result<(), AwsError> {
+            Err(AwsError::Invalid("bad".into()))
+        }
+        async fn list_parameters(&self, _: &AwsScope, _: &str) -> Result<Vec<String>, AwsError> {
+            Err(AwsError::Other("connection refused".into()))
+        }
+        async fn delete_parameters(&self, _: &AwsScope, _: &[String]) -> Result<(), AwsError> {
+            Ok(())
+        }
+    }
+
+    fn line<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.rsplit_once(' ').is_some_and(|(s, _)| s == series))
+    }
+
+    #[tokio::test]
+    async fn failures_are_counted_by_operation_and_class_and_every_series_starts_at_zero() {
+        let m = Arc::new(Metrics::default());
+        let c = Counting::new(Failing, Some(m.clone()));
+        let scope = AwsScope::default();
+        let q = InstanceQuery::default();
+        let _ = c.describe_instances(&scope, &q).await;
+        let _ = c.describe_instances(&scope, &q).await;
+        let _ = c.ping(&scope, &[]).await;
+        let _ = c.ensure_document(&scope, "d", "{}").await;
+        let _ = c.invocation(&scope, "c", "i-1").await;
+        let _ = c.list_parameters(&scope, "/p").await;
+        let text = m.encode();
+        let want = [
+            ("tenant_operator_aws_call_errors_total{operation=\"DescribeInstances\",error=\"throttled\"}", "2"),
+            ("tenant_operator_aws_call_errors_total{operation=\"DescribeInstances\",error=\"other\"}", "0"),
+            (
+                "tenant_operator_aws_call_errors_total{operation=\"DescribeInstanceInformation\",error=\"throttled\"}",
+                "0",
+            ),
+            ("tenant_operator_aws_call_errors_total{operation=\"DescribeDocument\",error=\"access_denied\"}", "1"),
+            ("tenant_operator_aws_call_errors_total{operation=\"GetCommandInvocation\",error=\"not_found\"}", "1"),
+            ("tenant_operator_aws_call_errors_total{operation=\"GetParametersByPath\",error=\"other\"}", "1"),
+            // Never called: there at zero all the same.
+            ("tenant_operator_aws_call_errors_total{operation=\"SendCommand\",error=\"throttled\"}", "0"),
+            ("tenant_operator_aws_calls_total{operation=\"SendCommand\"}", "0"),
+            ("tenant_operator_aws_calls_total{operation=\"DescribeInstances\"}", "2"),
+            ("tenant_operator_aws_calls_total{operation=\"DescribeInstanceInformation\"}", "1"),
+        ];
+        for (series, value) in want {
+            let l = line(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"));
+            assert_eq!(l.rsplit_once(' ').map(|(_, v)| v), Some(value), "{l}");
+        }
+        // 9 operations x 5 classes, no more.
+        assert_eq!(text.lines().filter(|l| l.starts_with("tenant_operator_aws_call_errors_total{")).count(), 45);
+        assert_eq!(c.total(), 6);
     }
 }

@@ -282,6 +282,7 @@ async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Resu
     let papi: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     // Decide from the stored objects, never from a cache older than our own last write.
     let Some(policy) = papi.get_opt(&name).await? else {
+        ctx.metrics.set_rollouts(&ns, &name, &[]);
         return Ok(Action::await_change());
     };
     let tapi: Api<Tenant> = Api::namespaced(ctx.client.clone(), &ns);
@@ -432,6 +433,7 @@ async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Resu
             Followup::Promote(source, record) => promote(&ctx, &ns, &source, &record, &name, now).await?,
         }
     }
+    ctx.metrics.set_rollouts(&ns, &name, &records);
     ctx.metrics.reconciled("rollout", "ok");
     Ok(Action::requeue(requeue.max(Duration::from_millis(200))))
 }
