@@ -213,9 +213,21 @@ impl Default for Metrics {
             "Tenants of a rollout per tier: moved (verified), failed, in_tier",
             m.rollout_tenants.clone(),
         );
+        // Every notification series exists from the start, at zero (see `aws_operation`).
+        for event in NOTIFICATION_EVENTS {
+            for result in NOTIFICATION_RESULTS {
+                let _ =
+                    m.notifications.get_or_create(&NotificationLabels { event: event.into(), result: result.into() });
+            }
+        }
         Metrics { registry: Mutex::new(registry), ..m }
     }
 }
+
+/// The `event` label values of `tenant_operator_notifications_total` (`RolloutEventType`).
+pub const NOTIFICATION_EVENTS: [&str; 6] = ["Started", "GatePassed", "Halted", "Aborted", "Complete", "Emergency"];
+/// The `result` label values of `tenant_operator_notifications_total`.
+pub const NOTIFICATION_RESULTS: [&str; 4] = ["delivered", "retrying", "gave_up", "unknown"];
 
 impl Metrics {
     /// Counts a reconcile.

@@ -291,6 +291,15 @@ async fn rollout_events_reach_each_sink_once_through_a_sink_outage_a_stop_mid_se
         assert!(!written.contains(token), "{token} in the policy's status");
         assert!(!events.contains(token), "{token} in an event");
     }
+    // The metric counts what happened: 2 Completes per sink delivered, the cut-short halt unknown.
+    let metrics = bed.metrics.encode();
+    for series in [
+        "tenant_operator_notifications_total{event=\"Complete\",result=\"delivered\"} 4",
+        "tenant_operator_notifications_total{event=\"Halted\",result=\"unknown\"} 1",
+        "tenant_operator_notifications_total{event=\"Halted\",result=\"delivered\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "no {series} in:\n{metrics}");
+    }
     // The policy's outbox holds what the receivers got (the coordinator's record).
     let recorded: Vec<String> = status.events.iter().map(|e| e.id.clone()).collect();
     for g in generic.got() {

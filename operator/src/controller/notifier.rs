@@ -102,7 +102,7 @@ async fn reconcile(policy: Arc<RolloutPolicy>, n: Arc<Notifier>) -> Result<Actio
                 continue;
             }
             let (s, step) = notify::plan(sink, Some(&sinks[i]), &status.events, &since, &now);
-            report_unknown(ctx, &policy, sink, &sinks[i], &s).await;
+            report_unknown(ctx, &policy, sink, &status.events, &sinks[i], &s).await;
             sinks[i] = s;
             match step {
                 Step::Idle => {}
@@ -191,12 +191,14 @@ async fn report_unknown(
     ctx: &Context,
     policy: &RolloutPolicy,
     sink: &NotificationSink,
+    events: &[RolloutEvent],
     before: &SinkStatus,
     after: &SinkStatus,
 ) {
     for d in after.deliveries.iter().filter(|d| d.result == DeliveryResult::Unknown) {
         if !before.deliveries.iter().any(|b| b.id == d.id) {
-            ctx.metrics.notification("Unknown", "unknown");
+            let event = events.iter().find(|e| e.id == d.id).map(|e| format!("{:?}", e.type_)).unwrap_or_default();
+            ctx.metrics.notification(&event, "unknown");
             let note = format!(
                 "event {} to sink {}: the operator stopped while sending it; not sent again (at most once)",
                 d.id, sink.name
