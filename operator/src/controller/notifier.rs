@@ -95,19 +95,19 @@ async fn reconcile(policy: Arc<RolloutPolicy>, n: Arc<Notifier>) -> Result<Actio
     let mut written = status.notifications.clone();
     for _ in 0..ROUNDS {
         let now = Timestamp::now();
-        let mut sends: Vec<(usize, RolloutEvent)> = Vec::new();
+        let mut sends: Vec<(usize, RolloutEvent, reqwest::Url)> = Vec::new();
         for (i, sink) in policy.spec.notifications.iter().enumerate() {
-            if urls[i].is_err() {
+            let Ok(url) = &urls[i] else {
                 requeue = Some(requeue.map_or(Duration::from_secs(60), |r| r.min(Duration::from_secs(60))));
                 continue;
-            }
+            };
             let (s, step) = notify::plan(sink, Some(&sinks[i]), &status.events, &since, &now);
             report_unknown(ctx, &policy, sink, &status.events, &sinks[i], &s).await;
             sinks[i] = s;
             match step {
                 Step::Idle => {}
                 Step::Wait(w) => requeue = Some(requeue.map_or(w, |r| r.min(w))),
-                Step::Send(e) => sends.push((i, e)),
+                Step::Send(e) => sends.push((i, e, url.clone())),
             }
         }
         // Intent before send: the attempt is recorded first, so a stop mid-request never sends it twice.
@@ -118,9 +118,8 @@ async fn reconcile(policy: Arc<RolloutPolicy>, n: Arc<Notifier>) -> Result<Actio
         // Each outcome is written as it comes: a slow sink never holds up another's record.
         let mut pending: futures::stream::FuturesUnordered<_> = sends
             .into_iter()
-            .map(|(i, e)| {
+            .map(|(i, e, url)| {
                 let sink = &policy.spec.notifications[i];
-                let url = urls[i].clone().unwrap_or_else(|_| unreachable_url());
                 let http = &n.http;
                 let (ns, name) = (&ns, &name);
                 async move {
@@ -161,10 +160,6 @@ async fn reconcile(policy: Arc<RolloutPolicy>, n: Arc<Notifier>) -> Result<Actio
         Some(d) => Action::requeue(d.max(Duration::from_millis(200))),
         None => Action::await_change(),
     })
-}
-
-fn unreachable_url() -> reqwest::Url {
-    reqwest::Url::parse("http://0.0.0.0:9/").unwrap_or_else(|_| unreachable!("a constant URL parses"))
 }
 
 /// Writes `status.notifications` when it changed (sinks no longer in the spec drop out).
