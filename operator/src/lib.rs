@@ -8,6 +8,7 @@ pub mod aws;
 pub mod controller;
 pub mod core;
 pub mod crd;
+pub mod dashboard;
 pub mod host;
 pub mod metrics;
 pub mod plugin;

@@ -378,3 +378,111 @@ mod tests {
         assert!(channel_history(&c).lines().nth(1).is_some_and(|l| l.starts_with("1  ") && l.contains(D2)));
     }
 }
+
+/// A write a user makes: what `kubectl fleet`'s commands and its dashboard's buttons do, by one
+/// code path ([`perform`]), always with the user's own client.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::Subcommand)]
+#[serde(tag = "verb", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum Action {
+    /// End a policy's canary soak now.
+    Promote { policy: String },
+    /// No new batch starts.
+    Pause { policy: String },
+    /// Batches start again.
+    Resume { policy: String },
+    /// Moved tenants go back; the digest is rejected.
+    Abort { policy: String },
+    /// A halted rollout admits its failed tenants again.
+    Retry { policy: String },
+    /// Every tier at once (refused without --force).
+    Emergency {
+        policy: String,
+        #[arg(long)]
+        digest: String,
+        #[serde(default)]
+        #[arg(long)]
+        channel: Option<String>,
+        #[serde(default)]
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pin a tenant (spec.pinnedDigest) to --digest or to what its host serves now.
+    Hold {
+        tenant: String,
+        #[serde(default)]
+        #[arg(long)]
+        digest: Option<String>,
+    },
+    /// Remove a tenant's pin: it follows its channel again.
+    Release { tenant: String },
+    /// spec.suspend: the operator leaves the host alone.
+    Suspend { tenant: String },
+    /// spec.suspend off.
+    Unsuspend { tenant: String },
+}
+
+impl Action {
+    /// Abort and emergency undo or skip the gate: a user confirms them first.
+    pub fn needs_confirmation(&self) -> bool {
+        matches!(self, Action::Abort { .. } | Action::Emergency { .. })
+    }
+}
+
+/// Carries out `action` in namespace `ns` as `client`'s user. Returns what to tell the user.
+pub async fn perform(client: &kube::Client, ns: &str, action: &Action) -> Result<String, crate::controller::Error> {
+    use crate::controller::coordinator;
+    use kube::api::{Api, Patch, PatchParams};
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), ns);
+    let pin = async |tenant: &str, spec: serde_json::Value| {
+        tenants.patch(tenant, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "spec": spec }))).await
+    };
+    let request = async |policy: &str, verb: &str, emergency: Option<&crate::core::rollout::Emergency>| {
+        let token = coordinator::request(client.clone(), ns, policy, verb, emergency).await?;
+        Ok::<_, crate::controller::Error>(format!(
+            "requested {verb} on rolloutpolicy/{policy} (token {token}); acknowledged in status.handledRequests"
+        ))
+    };
+    match action {
+        Action::Promote { policy } => request(policy, "promote", None).await,
+        Action::Pause { policy } => request(policy, "pause", None).await,
+        Action::Resume { policy } => request(policy, "resume", None).await,
+        Action::Abort { policy } => request(policy, "abort", None).await,
+        Action::Retry { policy } => request(policy, "retry", None).await,
+        Action::Emergency { policy, digest, channel, force } => {
+            let e = crate::core::rollout::Emergency { digest: digest.clone(), channel: channel.clone(), force: *force };
+            request(policy, "emergency", Some(&e)).await
+        }
+        Action::Hold { tenant, digest } => {
+            let digest = match digest {
+                Some(d) => d.clone(),
+                None => tenants
+                    .get(tenant)
+                    .await?
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed.as_ref())
+                    .and_then(crate::core::tenant::serving)
+                    .and_then(|(_, s)| s.digest.clone())
+                    .ok_or_else(|| {
+                        crate::controller::Error::InvalidRequest(format!(
+                            "tenant {tenant}'s host has reported no digest yet: give a digest"
+                        ))
+                    })?,
+            };
+            pin(tenant, serde_json::json!({"pinnedDigest": digest})).await?;
+            Ok(format!("tenant/{tenant} held at {digest}"))
+        }
+        Action::Release { tenant } => {
+            pin(tenant, serde_json::json!({"pinnedDigest": null})).await?;
+            Ok(format!("tenant/{tenant} released: it follows its channel"))
+        }
+        Action::Suspend { tenant } => {
+            pin(tenant, serde_json::json!({"suspend": true})).await?;
+            Ok(format!("tenant/{tenant} suspended"))
+        }
+        Action::Unsuspend { tenant } => {
+            pin(tenant, serde_json::json!({"suspend": false})).await?;
+            Ok(format!("tenant/{tenant} unsuspended"))
+        }
+    }
+}

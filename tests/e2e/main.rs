@@ -9,6 +9,7 @@ mod channel;
 mod chart;
 mod controlplane;
 mod crash;
+mod dashboard;
 mod drift;
 mod failover;
 mod gitops;

@@ -16,7 +16,7 @@ use tenant_operator::crd::{ImageChannel, Tenant};
 use tokio::io::AsyncBufReadExt;
 
 /// `<target>/debug/kubectl-fleet`, next to this test binary (`scripts/test` builds it).
-fn plugin_dir() -> PathBuf {
+pub(crate) fn plugin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.ancestors().nth(2).unwrap().to_path_buf();
     assert!(
@@ -27,13 +27,13 @@ fn plugin_dir() -> PathBuf {
     dir
 }
 
-struct User {
+pub(crate) struct User {
     kubeconfig: PathBuf,
     path: String,
 }
 
 impl User {
-    fn new(bed: &Bed, dir: &Path, name: &str) -> User {
+    pub(crate) fn new(bed: &Bed, dir: &Path, name: &str) -> User {
         let kubeconfig = dir.join(format!("{name}.kubeconfig"));
         bed.cp.write_kubeconfig_for(&kubeconfig, name).unwrap();
         // kubectl itself, and the plugin beside it: nothing else of the build on PATH.
@@ -42,7 +42,7 @@ impl User {
         User { kubeconfig, path }
     }
 
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
+    pub(crate) fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(find_kubectl());
         cmd.arg("fleet")
             .args(args)
@@ -76,7 +76,7 @@ impl User {
     }
 }
 
-async fn wait<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn wait<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let t0 = Instant::now();
     loop {
         if let Some(v) = f().await {

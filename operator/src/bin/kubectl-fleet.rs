@@ -8,9 +8,9 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
-use tenant_operator::controller::coordinator;
 use tenant_operator::crd::{ImageChannel, RolloutPolicy, Tenant};
-use tenant_operator::plugin::{self, Style};
+use tenant_operator::dashboard;
+use tenant_operator::plugin::{self, Action, Style};
 
 const EXIT_HELP: &str = "Exit codes: 0 done; 1 failed (API or network); 2 bad usage; 3 not found; \
 4 forbidden by your RBAC; 5 not confirmed (undo without --yes and no terminal to ask).";
@@ -20,7 +20,8 @@ const EXAMPLES: &str = "Examples:
   kubectl fleet get tenants -n fleet -o wide     # desired vs running digest, slot, drift
   kubectl fleet pause default -n fleet           # no new batch starts
   kubectl fleet hold acme -n fleet               # pin acme to what it runs now
-  kubectl fleet undo stable -n fleet --to 2      # pin the channel to its previous digest";
+  kubectl fleet undo stable -n fleet --to 2      # pin the channel to its previous digest
+  kubectl fleet dashboard -n fleet               # the fleet in your browser at http://127.0.0.1:3100/";
 
 #[derive(Parser)]
 #[command(name = "kubectl fleet", version, about = "Rollouts of tenant-operator's fleet, at a glance and by hand",
@@ -75,34 +76,9 @@ enum Cmd {
         #[arg(short, long)]
         output: Option<Output>,
     },
-    /// End a policy's canary soak now.
-    Promote { policy: String },
-    /// No new batch starts.
-    Pause { policy: String },
-    /// Batches start again.
-    Resume { policy: String },
-    /// Moved tenants go back; the digest is rejected.
-    Abort { policy: String },
-    /// A halted rollout admits its failed tenants again.
-    Retry { policy: String },
-    /// Every tier at once (refused without --force).
-    Emergency {
-        policy: String,
-        #[arg(long)]
-        digest: String,
-        #[arg(long)]
-        channel: Option<String>,
-        #[arg(long)]
-        force: bool,
-    },
-    /// Pin a tenant (spec.pinnedDigest) to --digest or to what its host serves now.
-    Hold {
-        tenant: String,
-        #[arg(long)]
-        digest: Option<String>,
-    },
-    /// Remove a tenant's pin: it follows its channel again.
-    Release { tenant: String },
+    /// promote, pause, resume, abort, retry, emergency, hold, release, suspend, unsuspend.
+    #[command(flatten)]
+    Act(Action),
     /// Pin a channel to an earlier digest of its history (shows who moves, then asks).
     Undo {
         channel: String,
@@ -113,10 +89,15 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
-    /// spec.suspend: the operator leaves the host alone.
-    Suspend { tenant: String },
-    /// spec.suspend off.
-    Unsuspend { tenant: String },
+    /// A web page on 127.0.0.1 showing the fleet live, acting with your kubeconfig's rights.
+    Dashboard {
+        /// Port on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 3100)]
+        port: u16,
+        /// No buttons: the page only reads.
+        #[arg(long)]
+        read_only: bool,
+    },
 }
 
 /// An error with the exit code it ends the process with.
@@ -283,43 +264,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 (None, None, _) => return Err(Failure(3, format!("no tenant or channel {what} in {ns}"))),
             }
         }
-        Cmd::Promote { policy } => request(&client, &ns, &policy, "promote", None).await?,
-        Cmd::Pause { policy } => request(&client, &ns, &policy, "pause", None).await?,
-        Cmd::Resume { policy } => request(&client, &ns, &policy, "resume", None).await?,
-        Cmd::Abort { policy } => request(&client, &ns, &policy, "abort", None).await?,
-        Cmd::Retry { policy } => request(&client, &ns, &policy, "retry", None).await?,
-        Cmd::Emergency { policy, digest, channel, force } => {
-            let e = tenant_operator::core::rollout::Emergency { digest, channel, force };
-            request(&client, &ns, &policy, "emergency", Some(&e)).await?
-        }
-        Cmd::Hold { tenant, digest } => {
-            let t = tenants.get(&tenant).await?;
-            let digest = match digest {
-                Some(d) => d,
-                None => t
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.observed.as_ref())
-                    .and_then(tenant_operator::core::tenant::serving)
-                    .and_then(|(_, s)| s.digest.clone())
-                    .ok_or_else(|| {
-                        Failure(1, format!("tenant {tenant}'s host has reported no digest yet: give --digest"))
-                    })?,
-            };
-            tenants.patch(&tenant, &pp, &merge(json!({"spec": {"pinnedDigest": digest}}))).await?;
-            println!("tenant/{tenant} held at {digest}");
-        }
-        Cmd::Release { tenant } => {
-            tenants.patch(&tenant, &pp, &merge(json!({"spec": {"pinnedDigest": null}}))).await?;
-            println!("tenant/{tenant} released: it follows its channel");
-        }
-        Cmd::Suspend { tenant } => {
-            tenants.patch(&tenant, &pp, &merge(json!({"spec": {"suspend": true}}))).await?;
-            println!("tenant/{tenant} suspended");
-        }
-        Cmd::Unsuspend { tenant } => {
-            tenants.patch(&tenant, &pp, &merge(json!({"spec": {"suspend": false}}))).await?;
-            println!("tenant/{tenant} unsuspended");
+        Cmd::Act(action) => act(&client, &ns, action).await?,
+        Cmd::Dashboard { port, read_only } => {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let options = dashboard::Options { namespace: ns.clone(), read_only };
+            let served = dashboard::serve(addr, client.clone(), options, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .map_err(|e| Failure(1, format!("cannot listen on {addr}: {e}")))?;
+            println!("dashboard: http://{}/", served.addr);
+            let _ = std::io::stdout().flush();
+            served.done.await.map_err(|e| Failure(1, e.to_string()))?;
         }
         Cmd::Undo { channel, to, yes } => {
             let c = channels.get(&channel).await?;
@@ -352,15 +308,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn request(
-    client: &kube::Client,
-    ns: &str,
-    policy: &str,
-    verb: &str,
-    emergency: Option<&tenant_operator::core::rollout::Emergency>,
-) -> Result<(), Failure> {
-    let token = coordinator::request(client.clone(), ns, policy, verb, emergency).await?;
-    println!("requested {verb} on rolloutpolicy/{policy} (token {token}); acknowledged in status.handledRequests");
+async fn act(client: &kube::Client, ns: &str, action: Action) -> Result<(), Failure> {
+    println!("{}", plugin::perform(client, ns, &action).await?);
     Ok(())
 }
 

@@ -38,6 +38,10 @@ pub struct DemoArgs {
     /// Stop by itself after this many seconds (0: run until interrupted).
     #[arg(long, default_value_t = 0)]
     pub seconds: u64,
+    /// Port of the fleet dashboard on 127.0.0.1 (`kubectl fleet dashboard`, as the admin user; 0:
+    /// any free port).
+    #[arg(long, default_value_t = 0)]
+    pub dashboard_port: u16,
 }
 
 /// Runs the demo until interrupted.
@@ -93,6 +97,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tenant_operator::webhook::serve(([127, 0, 0, 1], 0).into(), operator_client.clone(), std::future::pending())
             .await?;
     eprintln!("registry webhook: http://{webhook}/webhook/<namespace>/<channel>");
+    // The page `kubectl fleet dashboard -n fleet` serves, with the admin kubeconfig's rights.
+    let (stop_dashboard, dashboard_stopped) = tokio::sync::oneshot::channel::<()>();
+    let dashboard = tenant_operator::dashboard::serve(
+        ([127, 0, 0, 1], args.dashboard_port).into(),
+        client.clone(),
+        tenant_operator::dashboard::Options { namespace: "fleet".into(), read_only: false },
+        async {
+            let _ = dashboard_stopped.await;
+        },
+    )
+    .await
+    .context("starting the dashboard")?;
+    eprintln!("dashboard: http://{}/", dashboard.addr);
     let controllers = tokio::spawn(controller::run_all(ctx, resolver, rx));
     let started = tokio::time::Instant::now();
     let deadline = (args.seconds > 0).then(|| started + Duration::from_secs(args.seconds));
@@ -172,6 +189,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     let _ = tx.send(true);
+    let _ = stop_dashboard.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), controllers).await;
     eprintln!("demo stopped");
     Ok(())

@@ -131,6 +131,21 @@ fn the_demo_runs_on_the_real_control_plane_and_leaves_nothing_behind() {
     assert!(readyz.contains("[+]etcd ok"), "{readyz}");
     let tenants = kubectl(&kubeconfig, &["get", "tenants", "-n", "fleet", "-o", "name"]);
     assert_eq!(tenants.lines().count(), 4, "{tenants}");
+    // The dashboard the demo started shows the same fleet (read with the real curl).
+    let line = demo.seen.iter().find(|l| l.starts_with("dashboard: http://127.0.0.1:")).cloned();
+    let url = line.unwrap_or_else(|| panic!("no dashboard line:\n{}", demo.seen.join("\n")))["dashboard: ".len()..]
+        .to_string();
+    let curl = |path: &str| {
+        let out = Command::new("curl").args(["-sS", "--fail", "-i", &format!("{url}{path}")]).output().unwrap();
+        assert!(out.status.success(), "curl {url}{path}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let page = curl("");
+    assert!(page.to_lowercase().contains("content-security-policy: default-src 'none'"), "{page}");
+    let summary = curl("api/summary");
+    let body: serde_json::Value = serde_json::from_str(summary.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["namespace"], "fleet");
+    assert_eq!(body["total"], 4, "{body}");
 
     let alive = marked(&demo.marker, demo.child.id()).len();
     let pid = demo.child.id().to_string();
