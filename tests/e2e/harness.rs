@@ -141,6 +141,24 @@ impl Bed {
         self.stop = None;
     }
 
+    /// Reconciles by the bed's controllers of `controller` so far, whatever their result: the
+    /// positive signal that a controller looked again.
+    pub fn reconciles(&self, controller: &str) -> u64 {
+        let want = format!("controller=\"{controller}\"");
+        let text = self.metrics.encode();
+        let counts = text.lines().filter(|l| l.starts_with("tenant_operator_reconciles_total{") && l.contains(&want));
+        counts.filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).sum::<f64>() as u64
+    }
+
+    /// Waits (bounded) until `controller` has reconciled `more` times since it had `since`.
+    pub async fn reconciled_again(&self, controller: &str, since: u64, more: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.reconciles(controller) < since + more {
+            assert!(tokio::time::Instant::now() < deadline, "{controller}: not {more} reconciles after {since}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn tenants(&self) -> Api<Tenant> {
         Api::namespaced(self.client.clone(), &self.ns)
     }

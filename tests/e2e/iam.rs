@@ -408,8 +408,28 @@ async fn every_aws_call_of_a_real_converge_is_allowed() {
     })
     .await
     .unwrap();
-    // One idle observe after the apply.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // One idle observe after the apply, finished on the host.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let timeline = bed.stack.timeline().await.unwrap();
+        let mine: Vec<&Value> =
+            timeline.as_array().unwrap().iter().filter(|r| r["instance_id"] == id.as_str()).collect();
+        let action = |r: &Value| {
+            r["parameters"]["action"][0].as_str().or(r["parameters"]["action"].as_str()).map(str::to_string)
+        };
+        let applied = mine.iter().filter(|r| action(r).as_deref() == Some("apply")).filter_map(|r| r["end"].as_f64());
+        let applied = applied.fold(f64::MIN, f64::max);
+        let observed = mine.iter().any(|r| {
+            action(r).as_deref() == Some("observe")
+                && r["status"] == "Success"
+                && r["start"].as_f64().is_some_and(|s| s > applied)
+        });
+        if applied > f64::MIN && observed {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no observe after the apply: {timeline}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     bed.stop_controllers().await;
 
     let operator = policy("operator-policy.json");

@@ -501,7 +501,24 @@ async fn requests_act_once_abort_rejects_pause_holds_promote_ends_the_soak_retry
     assert_eq!(ch.digest.as_deref(), Some(v1.as_str()));
     assert!(ch.history.iter().any(|h| h.digest == v2 && h.rejected), "{:?}", ch.history);
     // The tag still points at v2 and the channel re-resolves every second: v2 never comes back.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Seen after the channel resolved the tag again (to v2, kept out as rejected) and the
+    // coordinator then took a whole step.
+    let mark = jiff::Timestamp::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ch = Api::<ImageChannel>::namespaced(bed.client.clone(), &bed.ns).get("staging").await.unwrap();
+        let st = ch.status.clone().unwrap_or_default();
+        let again =
+            st.last_resolved_at.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok()).is_some_and(|t| t > mark);
+        let rejected =
+            st.conditions.iter().any(|c| c.type_ == "DigestRejected" && c.status == "True" && c.message.contains(&v2));
+        if again && rejected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the channel did not resolve the tag again: {st:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    coordinator_settled(&bed, "manual").await;
     for t in bed.tenants().list(&ListParams::default()).await.unwrap() {
         assert_eq!(target(&t).as_deref(), Some(v1.as_str()));
     }
