@@ -814,7 +814,7 @@ impl Tenant {
                     Some(revision::imported_env_parameter(&ctx.settings.document.param_root, &self.spec.slug));
                 a.failure = None;
                 a.retry_after = None;
-                info!(tenant = %self.name_any(), revision = ?f.revision, "host adopted");
+                info!(tenant = %self.name_any(), revision = f.revision.as_deref().unwrap_or_default(), "host adopted");
             }
             "adopt" => {
                 // Inspect again before the next attempt: the container may have changed meanwhile.
