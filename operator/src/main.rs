@@ -68,6 +68,9 @@ struct RunArgs {
     /// How often an idle host is observed, e.g. `5m`.
     #[arg(long, default_value = "5m")]
     observe_interval: String,
+    /// How often a command in flight is asked for its result, e.g. `2s`.
+    #[arg(long, default_value = "2s")]
+    poll_interval: String,
     /// The wait after a rollout notification's first failed attempt, e.g. `2s` (it doubles after
     /// each, at most 5m; 10 attempts).
     #[arg(long, default_value = "2s")]
@@ -195,6 +198,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let settings = Settings {
         observe_interval: parse_duration(&args.observe_interval)?,
+        poll_interval: parse_duration(&args.poll_interval)?,
         env_hmac_key,
         watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
         instance: args.pod_name.clone(),

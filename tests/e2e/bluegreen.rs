@@ -71,7 +71,7 @@ impl Load {
 }
 
 /// One request through the router: the digest of the slot that answered it (from its /health body).
-fn get(addr: &str, port: u16) -> Result<String, String> {
+pub(crate) fn get(addr: &str, port: u16) -> Result<String, String> {
     let mut s = std::net::TcpStream::connect((addr, port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     s.write_all(b"GET /health HTTP/1.0\r\nHost: tenant\r\n\r\n").map_err(|e| e.to_string())?;

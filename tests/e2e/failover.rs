@@ -27,8 +27,8 @@ const LEASE_SECS: u64 = 6;
 const RENEW_SECS: u64 = LEASE_SECS - LEASE_SECS / 3;
 
 /// One `tenant-operator run` process.
-struct Operator {
-    child: tokio::process::Child,
+pub(crate) struct Operator {
+    pub(crate) child: tokio::process::Child,
     log: PathBuf,
     /// The token's id, as the audit log names the credential (`JTI=<id>`).
     credential: String,
@@ -38,7 +38,7 @@ struct Operator {
 }
 
 impl Operator {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -74,7 +74,7 @@ fn jwt_id(token: &str) -> String {
 
 /// What a process needs of the bed (owned, so the standbys' keeper can start more).
 #[derive(Clone)]
-struct Spec {
+pub(crate) struct Spec {
     cp: &'static testbed::controlplane::ControlPlane,
     ns: String,
     registry: String,
@@ -82,12 +82,17 @@ struct Spec {
 }
 
 impl Spec {
-    fn of(bed: &Bed) -> Spec {
+    pub(crate) fn of(bed: &Bed) -> Spec {
         Spec { cp: bed.cp, ns: bed.ns.clone(), registry: bed.stack.registry.clone(), aws_env: bed.stack.aws_env() }
     }
 }
 
 async fn spawn(bed: &Spec, dir: &Path, pod: &str) -> Operator {
+    spawn_with(bed, dir, pod, &[]).await
+}
+
+/// [`spawn`] with more arguments for `run` (the chaos driver's `--leader-elect=false`).
+pub(crate) async fn spawn_with(bed: &Spec, dir: &Path, pod: &str, extra: &[&str]) -> Operator {
     let admin = dir.join("admin.kubeconfig");
     bed.cp.write_kubeconfig(&admin).unwrap();
     let token = kubectl(&admin, &["create", "token", RELEASE, "-n", OPERATOR_NAMESPACE], None, None).await.unwrap();
@@ -108,8 +113,10 @@ async fn spawn(bed: &Spec, dir: &Path, pod: &str) -> Operator {
         .args(["--hmac-key-file", key.to_str().unwrap(), "--watch-namespace", &bed.ns])
         .args(["--lease-name", &format!("lease-{}", bed.ns), "--lease-namespace", OPERATOR_NAMESPACE])
         .args(["--lease-duration-seconds", &LEASE_SECS.to_string(), "--pod-name", pod])
-        .args(["--metrics-addr", &free(), "--webhook-addr", &free(), "--observe-interval", "3s"])
+        .args(["--metrics-addr", &free(), "--webhook-addr", &free()])
+        .args(if extra.contains(&"--observe-interval") { &[][..] } else { &["--observe-interval", "3s"][..] })
         .args(["--insecure-registry", &bed.registry, "--log-format", "json"])
+        .args(extra)
         .env_clear()
         .envs(bed.aws_env.clone())
         .env("KUBECONFIG", &kc)

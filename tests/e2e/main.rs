@@ -6,6 +6,7 @@ mod apply;
 mod bluegreen;
 mod budget;
 mod channel;
+mod chaos;
 mod chart;
 mod controlplane;
 mod crash;
