@@ -79,6 +79,8 @@ struct Shared {
     /// `kind → message` for each watch that is failing now.
     problems: Mutex<BTreeMap<&'static str, String>>,
     changes: tokio::sync::watch::Sender<u64>,
+    /// Watches that have listed once, or failed to (each counted once).
+    settled: tokio::sync::watch::Sender<usize>,
     csrf: String,
     /// `Host` values served (`127.0.0.1:<port>`, `localhost:<port>`); set once bound.
     hosts: Vec<String>,
@@ -126,8 +128,13 @@ where
     let stream = watcher(api, config).default_backoff().modify(trim).reflect(writer);
     async move {
         let mut stream = std::pin::pin!(stream);
+        let mut settled = false;
         while let Some(ev) = stream.next().await {
             let Some(shared) = shared.upgrade() else { return };
+            if !settled && matches!(ev, Ok(watcher::Event::InitDone) | Err(_)) {
+                settled = true;
+                shared.settled.send_modify(|n| *n += 1);
+            }
             match ev {
                 Ok(ev) => {
                     shared.problems.lock().map(|mut p| p.remove(kind)).ok();
@@ -154,7 +161,13 @@ where
     }
 }
 
-/// Binds `addr` (a loopback address) and serves the dashboard until `shutdown` resolves.
+/// The watches of [`serve`]: tenants, policies, channels, events.
+const WATCHES: usize = 4;
+/// The longest [`serve`] waits for the watches' first lists before it answers anyway.
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Binds `addr` (a loopback address) and serves the dashboard until `shutdown` resolves, once its
+/// watches have listed.
 pub async fn serve(
     addr: SocketAddr,
     client: kube::Client,
@@ -179,6 +192,7 @@ pub async fn serve(
         samples: Mutex::new(view::Samples::default()),
         problems: Mutex::new(BTreeMap::new()),
         changes: tokio::sync::watch::channel(0).0,
+        settled: tokio::sync::watch::channel(0).0,
         csrf,
         hosts: vec![format!("127.0.0.1:{}", bound.port()), format!("localhost:{}", bound.port())],
     });
@@ -218,9 +232,13 @@ pub async fn serve(
         ),
         watch(Api::<Event>::namespaced(client, &ns), "events", config, trim_meta, weak, ewriter, |_, _| {}),
     );
+    let mut settled = shared.settled.subscribe();
     let app = router(shared);
+    let watching = tokio::spawn(watches);
+    // Served once every watch has listed (or failed to, which the page shows): a page opened
+    // before would find an empty fleet, or no such policy.
+    let _ = tokio::time::timeout(SYNC_WAIT, settled.wait_for(|n| *n >= WATCHES)).await;
     let done = tokio::spawn(async move {
-        let watching = tokio::spawn(watches);
         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
         watching.abort();
     });
