@@ -358,10 +358,21 @@ impl Stack {
         self.hosts.lock().ok().and_then(|h| h.get(instance).cloned()).unwrap_or_default()
     }
 
+    /// moto builds a region's backend, with its default images, on first use; a DescribeImages
+    /// that meets that build half done answers with no image (seen once under load in CI): ask
+    /// again, a bounded number of times.
     async fn first_ami(&self) -> Result<String> {
-        let body =
-            self.ec2(&[("Action".into(), "DescribeImages".into()), ("Version".into(), "2016-11-15".into())]).await?;
-        xml_first(&body, "imageId").ok_or_else(|| anyhow!("moto DescribeImages returned no image"))
+        let mut body = String::new();
+        for _ in 0..20 {
+            body = self
+                .ec2(&[("Action".into(), "DescribeImages".into()), ("Version".into(), "2016-11-15".into())])
+                .await?;
+            if let Some(id) = xml_first(&body, "imageId") {
+                return Ok(id);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(anyhow!("moto DescribeImages returned no image, 20 times; the last answer: {body}"))
     }
 
     async fn ec2(&self, form: &[(String, String)]) -> Result<String> {
