@@ -163,9 +163,12 @@ async fn rollout_events_reach_each_sink_once_through_a_sink_outage_a_stop_mid_se
     assert_eq!(gate["policy"], "notified");
     assert_eq!(gate["namespace"], bed.ns.as_str());
 
-    // Meanwhile the Slack sink is down: its Complete is being retried, the error says why.
+    // Meanwhile the Slack sink is down: its Complete is being retried, the error says why. (Each
+    // attempt is recorded as Sending before it goes out: wait for one seen between attempts.)
     let p = wait_policy(&bed, "notified", "retries to the sink that is down", Duration::from_secs(60), |p| {
-        sink(p, "chat").and_then(|s| s.current.as_ref()).is_some_and(|c| c.attempts >= 2)
+        sink(p, "chat")
+            .and_then(|s| s.current.as_ref())
+            .is_some_and(|c| c.attempts >= 2 && c.state == AttemptState::Retrying)
     })
     .await;
     let chat = sink(&p, "chat").unwrap().current.clone().unwrap();
