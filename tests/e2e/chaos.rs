@@ -127,6 +127,21 @@ struct Seen {
     digest_of: BTreeMap<String, String>,
 }
 
+impl Seen {
+    /// Revision → digest from a tenant's intent in flight and its history.
+    fn learn(&mut self, st: &tenant_operator::crd::TenantStatus) {
+        let intent = st.in_flight.iter().map(|f| (f.revision.clone(), f.digest.clone()));
+        let history = st.history.iter().map(|h| (Some(h.revision.clone()), h.digest.clone()));
+        for (r, d) in intent.chain(history) {
+            if let (Some(r), Some(d)) = (r, d)
+                && !r.is_empty()
+            {
+                self.digest_of.insert(r, d);
+            }
+        }
+    }
+}
+
 /// One host command from the simulator's timeline.
 #[derive(Clone, Debug)]
 struct Cmd {
@@ -317,16 +332,8 @@ async fn sigkilled_at_random_instants_the_fleet_converges_and_nothing_is_applied
                 if let Ok(list) = api.list(&ListParams::default()).await {
                     let mut s = seen.lock().await;
                     for t in list.items {
-                        let Some(st) = t.status else { continue };
-                        for h in &st.history {
-                            if let Some(d) = &h.digest {
-                                s.digest_of.insert(h.revision.clone(), d.clone());
-                            }
-                        }
-                        if let Some(f) = st.in_flight
-                            && let (Some(r), Some(d)) = (f.revision, f.digest)
-                        {
-                            s.digest_of.insert(r, d);
+                        if let Some(st) = &t.status {
+                            s.learn(st);
                         }
                     }
                 }
@@ -403,10 +410,8 @@ async fn sigkilled_at_random_instants_the_fleet_converges_and_nothing_is_applied
     {
         let mut s = seen.lock().await;
         for t in &tenants {
-            for h in t.status.iter().flat_map(|s| &s.history) {
-                if let Some(d) = &h.digest {
-                    s.digest_of.insert(h.revision.clone(), d.clone());
-                }
+            if let Some(st) = &t.status {
+                s.learn(st);
             }
         }
     }
