@@ -62,7 +62,9 @@ impl Browser {
 
     async fn try_run(&mut self, cmd: Value) -> Result<Value, String> {
         self.stdin.write_all(format!("{cmd}\n").as_bytes()).await.unwrap();
-        let line = tokio::time::timeout(Duration::from_secs(150), self.lines.next_line())
+        // The driver answers within the command's own timeout (60 s unless it names one).
+        let bound = Duration::from_millis(cmd["timeout"].as_u64().unwrap_or(60_000)) + Duration::from_secs(90);
+        let line = tokio::time::timeout(bound, self.lines.next_line())
             .await
             .unwrap_or_else(|_| panic!("the browser driver did not answer {cmd}"))
             .unwrap()
@@ -140,6 +142,11 @@ async fn grant_read_only(bed: &Bed, user: &str) {
     bindings.create(&pp, &serde_json::from_value(binding).unwrap()).await.unwrap();
 }
 
+/// How long a rollout step may take before the test says where it stuck: a bound for failure, not
+/// a timing. Under the whole suite on 2 cores (the chaos test beside it) one production tenant of
+/// this test took 40-50 s to apply in a CI run; the five of them did not fit in 120 s.
+const ROLL_MS: u64 = 600_000;
+
 const PRODUCTION: [&str; 5] = ["prod-a", "prod-b", "prod-c", "prod-d", "prod-e"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +179,7 @@ async fn the_dashboard_shows_the_fleet_rolling_live_and_acts_as_the_user() {
         .await
         .unwrap();
     }
-    all_on(&bed, &names, &v1, Duration::from_secs(180)).await;
+    all_on(&bed, &names, &v1, Duration::from_millis(ROLL_MS)).await;
 
     let admin = User::new(&bed, dir.path(), "admin");
     let board = dashboard(&admin, &ns, &[]).await;
@@ -207,7 +214,7 @@ async fn the_dashboard_shows_the_fleet_rolling_live_and_acts_as_the_user() {
     b.run(json!({"op": "hash", "hash": "#/policy/default"})).await;
     let v2 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "2")], false).await.unwrap();
     let counter = format!("[data-test=rollout][data-digest=\"{v2}\"] [data-test=production-progress-count]");
-    b.run(json!({"op": "waitFor", "selector": counter, "text": "/5", "timeout": 90000})).await;
+    b.run(json!({"op": "waitFor", "selector": counter, "text": "/5", "timeout": ROLL_MS})).await;
     let mut seen: Vec<String> = Vec::new();
     let t0 = std::time::Instant::now();
     let paused_at = loop {
@@ -224,7 +231,7 @@ async fn the_dashboard_shows_the_fleet_rolling_live_and_acts_as_the_user() {
             b.run(json!({"op": "waitFor", "selector": "#notice", "text": "requested pause"})).await;
             break moved;
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "the page's counter stayed at {seen:?}");
+        assert!(t0.elapsed() < Duration::from_millis(ROLL_MS), "the page's counter stayed at {seen:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // The pause, in the policy's status: acknowledged with the token the page's request carried,
@@ -248,7 +255,7 @@ async fn the_dashboard_shows_the_fleet_rolling_live_and_acts_as_the_user() {
     // Resume from the page; the rollout ends, and the page follows it to 5/5 — all without a
     // reload.
     b.run(json!({"op": "click", "selector": "[data-action=resume]"})).await;
-    b.run(json!({"op": "waitFor", "selector": counter, "text": "5/5", "timeout": 120000})).await;
+    b.run(json!({"op": "waitFor", "selector": counter, "text": "5/5", "timeout": ROLL_MS})).await;
     seen.push("5/5".into());
     let st = b.state("main").await;
     assert_eq!(st["mark"], "set", "the page was reloaded");
