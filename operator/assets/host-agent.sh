@@ -44,9 +44,22 @@ safe() {
   if [[ "$value" =~ $pattern ]]; then printf '%s' "$value"; else printf 'invalid'; fi
 }
 
-ORG=""
-if [ -r "$ROOT/etc/tenant-operator/org" ]; then ORG="$(head -c 64 "$ROOT/etc/tenant-operator/org" | tr -d '\n')"; fi
-if ! [[ "$ORG" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]]; then ORG=""; fi
+# read_org: this host's org, from its org file: one DNS label (at most 63 characters) and at most one
+# newline after it. Anything else (no file, more lines, a NUL byte, a longer or larger file) is no
+# org at all, never a part of the file: an org decides which parameters this host asks for.
+read_org() {
+  local f="$ROOT/etc/tenant-operator/org" size org
+  [ -f "$f" ] || return 0
+  size="$(wc -c < "$f" 2>/dev/null)" || return 0
+  [ "$size" -le 64 ] 2>/dev/null || return 0
+  org="$(cat "$f" 2>/dev/null; printf x)"; org="${org%x}"
+  # Command substitution drops NUL bytes (and counts a multi-byte character once): the count differs.
+  [ "${#org}" -eq "$size" ] || return 0
+  org="${org%$'\n'}"
+  [[ "$org" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]] && printf '%s' "$org"
+  return 0
+}
+ORG="$(read_org)"
 
 case "$AGENT_ACTION" in
   observe|apply|switch|prune|inspect-legacy|adopt|unadopt) ;;
@@ -219,8 +232,8 @@ slot_container() {
 }
 
 # multiline_unsafe NAME: names under which a multi-line value cannot be passed. Such a value reaches
-# docker through the CLI's own environment (`-e KEY`), so the name must mean nothing to this shell
-# (readonly, dynamic or behaviour-changing variables) nor to the docker CLI and what it loads.
+# docker through the CLI's own environment (`env KEY=VALUE docker ... -e KEY`), so the name must mean
+# nothing to the docker CLI and what it loads (nor, to be safe, to a shell).
 multiline_unsafe() {
   case "$1" in
     _|PATH|HOME|IFS|ENV|CDPATH|GLOBIGNORE|SHELLOPTS|BASHOPTS|POSIXLY_CORRECT|PS4|TMPDIR|TZ|SHELL|SHLVL|PWD|OLDPWD) return 0 ;;
@@ -237,8 +250,10 @@ multiline_unsafe() {
 # a one-line value goes to docker in a mode-0600 `--env-file` (read verbatim to the end of its line,
 # removed after `docker run`), so its name cannot change this shell or the docker CLI (PATH,
 # DOCKER_HOST, LD_PRELOAD, `_`, readonly UID ...); a value with a line break, which an env file
-# cannot hold, reaches docker as `-e KEY` from the CLI's environment, refused under a name that
-# would change the CLI. Both arrive byte for byte. The env lives only in this subshell.
+# cannot hold, reaches docker as `-e KEY` from the CLI's environment, which `env` sets for docker
+# alone (never as a variable of this shell: a key named like one of the loop's own variables, or
+# `args`, would otherwise change what runs), refused under a name that would change the CLI. Both
+# arrive byte for byte.
 start_slot() {
   local rev="$1" file="$2" slot="$3" port name old envfile rc
   port="$(slot_port "$slot")"; name="$R_NAME-$slot"
@@ -253,6 +268,7 @@ start_slot() {
   envfile="$(mktemp "$WORK/env.XXXXXX")" || return 1
   (
     set +u
+    cli_env=()
     args=(run -d --name "$name" -p "$port:$R_CPORT" --restart "$R_RESTART"
       --label "fleet.molecule.ai/slot=$slot" --label "fleet.molecule.ai/digest=$R_DIGEST"
       --label "fleet.molecule.ai/env-revision=$R_ENVREV" --label "fleet.molecule.ai/revision=$rev"
@@ -265,13 +281,13 @@ start_slot() {
       value="$(b64d "$value"; printf x)"; value="${value%x}"
       if [[ "$value" == *[$'\n\r']* ]]; then
         if multiline_unsafe "$key"; then log "env $key: a value with a line break cannot be passed under this name"; exit 3; fi
-        export "$key=$value" || exit 3
+        cli_env+=("$key=$value")
         args+=(-e "$key")
       else
         printf '%s=%s\n' "$key" "$value" >> "$envfile" || exit 3
       fi
     done < <(imported_env_lines; cat "$file")
-    docker "${args[@]}" "$R_IMAGE@$R_DIGEST" >/dev/null
+    env -- "${cli_env[@]}" docker "${args[@]}" "$R_IMAGE@$R_DIGEST" >/dev/null
   )
   rc=$?
   rm -f "$envfile"

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod adopt;
+mod agent;
 mod apply;
 mod bluegreen;
 mod budget;

@@ -765,6 +765,9 @@ impl Tenant {
             Err(e @ revision::RevisionError::InvalidEnvName(_)) => {
                 Err(Cond::no(ct::SECRETS_SYNCED, "InvalidSecretKey", e.to_string()))
             }
+            Err(e @ revision::RevisionError::InvalidEnvValue(_)) => {
+                Err(Cond::no(ct::SECRETS_SYNCED, "InvalidEnvValue", e.to_string()))
+            }
             Err(e @ revision::RevisionError::TooLarge(_)) => {
                 Err(Cond::no(ct::SECRETS_SYNCED, "EnvTooLarge", e.to_string()))
             }

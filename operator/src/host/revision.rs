@@ -61,6 +61,10 @@ pub enum RevisionError {
     /// An env name that cannot be an environment variable.
     #[error("env name {0:?} is not a valid variable name")]
     InvalidEnvName(String),
+    /// An env value no process environment can carry (a NUL byte ends a C string: the value would
+    /// arrive cut or altered). The value itself is never part of the message.
+    #[error("env {0:?}: its value holds a NUL byte, which no process environment can carry")]
+    InvalidEnvValue(String),
     /// A smoke check's bearer names a key the tenant's env does not have.
     #[error("smoke check {0:?} takes its bearer from env key {1:?}, which the tenant's env does not have")]
     SmokeBearerMissing(String, String),
@@ -208,6 +212,9 @@ pub fn build_with_import(
     }
     if let Some(bad) = imported_env_names.and_then(|n| n.iter().find(|k| !valid_env_name(k))) {
         return Err(RevisionError::InvalidEnvName(bad.clone()));
+    }
+    if let Some((bad, _)) = env.iter().find(|(_, v)| v.contains('\0')) {
+        return Err(RevisionError::InvalidEnvValue(bad.clone()));
     }
     let e = |s: &str| B64.encode(s.as_bytes());
     let env_rev = match imported_env_names {
@@ -412,6 +419,11 @@ mod tests {
         let mut big = BTreeMap::new();
         big.insert("B".to_string(), "x".repeat(9000));
         assert!(matches!(build(b"k", &c, "r/app", D, &big, &rollout()), Err(RevisionError::TooLarge(_))));
+        let mut nul = BTreeMap::new();
+        nul.insert("N".to_string(), "before\0after".to_string());
+        let refused = build(b"k", &c, "r/app", D, &nul, &rollout()).unwrap_err();
+        assert_eq!(refused, RevisionError::InvalidEnvValue("N".into()));
+        assert!(!refused.to_string().contains("before"), "the value is not in the message: {refused}");
     }
 
     #[test]
