@@ -187,6 +187,7 @@ async fn authorize_and_request(
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use proptest::prelude::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -226,5 +227,147 @@ mod tests {
         assert!(!valid_name("-a", 253));
         assert!(!valid_name("a/b", 253));
         assert!(!valid_name(&"a".repeat(254), 253));
+    }
+
+    /// A stand-in API server that never answers, and how many requests reached it.
+    fn silent_api_server() -> (kube::Client, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = asked.clone();
+        let service = tower::service_fn(move |_req: axum::http::Request<kube::client::Body>| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            futures::future::pending::<Result<axum::http::Response<kube::client::Body>, std::convert::Infallible>>()
+        });
+        (kube::Client::new(service, "default"), asked)
+    }
+
+    async fn call(app: &Router, method: &str, path: &str, headers: &[(Vec<u8>, Vec<u8>)], body: Vec<u8>) -> StatusCode {
+        use tower::ServiceExt;
+        let mut req = axum::http::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(k.as_slice(), v.as_slice());
+        }
+        let req = req.body(axum::body::Body::from(body)).expect("a request");
+        app.clone().oneshot(req).await.map(|r| r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// Every byte but the unreserved ones percent-encoded: the path carries any segment as sent.
+    fn encoded(segment: &[u8]) -> String {
+        segment
+            .iter()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (*b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+        /// Hostile paths, headers and bodies: a plain refusal, never a panic, a 5xx or an accepted
+        /// call, and not one request to the API server, unless the names are a namespace and a
+        /// channel name and a token was presented (those would be looked up: not generated here).
+        #[test]
+        fn hostile_paths_headers_and_bodies_are_refused_without_asking_the_api_server(
+            method in proptest::sample::select(vec!["POST", "GET", "PUT", "DELETE", "OPTIONS"]),
+            ns in proptest::prop_oneof![
+                proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..80),
+                "[a-zA-Z0-9./%-]{0,70}".prop_map(String::into_bytes),
+                proptest::sample::select(vec!["..", ".", "..%2F..", "fleet/x", "FLEET", "a\u{0}b", "a.b"]).prop_map(|s| s.as_bytes().to_vec()),
+                Just(vec![b'x'; 64]),
+            ],
+            channel in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..300),
+            extra_segment in proptest::option::of("[a-z]{1,5}"),
+            token in proptest::option::of(proptest::prop_oneof![
+                proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..100),
+                "Bearer [ -~]{0,40}".prop_map(String::into_bytes),
+            ]),
+            header_name in proptest::sample::select(vec!["authorization", "x-webhook-token", "x-other"]),
+            big_body in proptest::bool::weighted(0.1),
+        ) {
+            let ns_text = String::from_utf8(ns.clone()).ok();
+            let ch_text = String::from_utf8(channel.clone()).ok();
+            let names_valid = ns_text.as_deref().is_some_and(valid_namespace)
+                && ch_text.as_deref().is_some_and(|c| valid_name(c, 253))
+                && extra_segment.is_none();
+            let token_sent = token.is_some() && header_name != "x-other";
+            proptest::prop_assume!(!(names_valid && token_sent && method == "POST"));
+            let mut path = format!("/webhook/{}/{}", encoded(&ns), encoded(&channel));
+            if let Some(x) = &extra_segment {
+                path = format!("{path}/{x}");
+            }
+            let headers: Vec<(Vec<u8>, Vec<u8>)> = token
+                .iter()
+                .filter(|t| axum::http::HeaderValue::from_bytes(t).is_ok())
+                .map(|t| (header_name.as_bytes().to_vec(), t.clone()))
+                .collect();
+            let body = if big_body { vec![b'{'; MAX_BODY_BYTES + 1] } else { b"{\"events\":[]}".to_vec() };
+            let (status, asked) = runtime().block_on(async {
+                // The client's buffer task needs the runtime: made inside it.
+                let (client, asked) = silent_api_server();
+                let status = call(&router(client), method, &path, &headers, body).await;
+                (status, asked.load(std::sync::atomic::Ordering::SeqCst))
+            });
+            proptest::prop_assert!(
+                [400, 401, 404, 405, 413].contains(&status.as_u16()),
+                "{method} {path}: {status}"
+            );
+            proptest::prop_assert_eq!(asked, 0, "{} {}", method, path);
+        }
+    }
+
+    #[test]
+    fn calls_beyond_the_cap_are_refused_at_once_and_never_reach_the_api_server() {
+        runtime().block_on(async {
+            let (client, asked) = silent_api_server();
+            let app = router(client);
+            let token = vec![(b"authorization".to_vec(), b"Bearer made-up".to_vec())];
+            let path = "/webhook/fleet/stable";
+            let mut held = Vec::new();
+            for _ in 0..MAX_CONCURRENT_LOOKUPS {
+                let (app, token) = (app.clone(), token.clone());
+                held.push(tokio::spawn(async move { call(&app, "POST", path, &token, Vec::new()).await }));
+            }
+            // Every permitted call is with the API server (which does not answer).
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while asked.load(std::sync::atomic::Ordering::SeqCst) < MAX_CONCURRENT_LOOKUPS {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} calls reached the API server",
+                    asked.load(std::sync::atomic::Ordering::SeqCst)
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            // One more: refused at once, and it asked nothing.
+            let refused =
+                tokio::time::timeout(std::time::Duration::from_secs(5), call(&app, "POST", path, &token, Vec::new()))
+                    .await
+                    .expect("a call beyond the cap waited");
+            assert_eq!(refused, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), MAX_CONCURRENT_LOOKUPS);
+            // The held calls end (their callers went away): their permits come back.
+            for h in &held {
+                h.abort();
+            }
+            for h in held {
+                let _ = h.await;
+            }
+            let again = tokio::spawn({
+                let (app, token) = (app.clone(), token.clone());
+                async move { call(&app, "POST", path, &token, Vec::new()).await }
+            });
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while asked.load(std::sync::atomic::Ordering::SeqCst) <= MAX_CONCURRENT_LOOKUPS {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a call after the others ended never reached the API server"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            again.abort();
+        });
     }
 }
