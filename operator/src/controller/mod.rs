@@ -1,6 +1,7 @@
 //! Controllers: thin adapters between the Kubernetes API, AWS and the pure decisions in `core`.
 
 pub mod channel;
+pub mod claims;
 pub mod coordinator;
 pub mod error;
 pub mod leader;
@@ -96,6 +97,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Fault points for crash tests (never set in production).
     pub faults: FaultPoints,
+    /// Which Tenant claims which instance, kept by the Tenant controller's watch.
+    pub claims: claims::Index,
     /// Batches observe commands (set by [`Context::new`]).
     pub observer: std::sync::OnceLock<observer::Observer>,
     /// Document version ensured per AWS scope (created/updated once per scope and process).
@@ -113,6 +116,7 @@ impl Context {
             reporter: Reporter { controller: MANAGER.into(), instance },
             metrics,
             faults: FaultPoints::default(),
+            claims: claims::Index::default(),
             observer: std::sync::OnceLock::new(),
             documents: Mutex::new(HashMap::new()),
         }

@@ -13,15 +13,15 @@ use crate::crd::{
 };
 use crate::host::document;
 use crate::host::revision::{self, DesiredRevision, Rollout};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use rand::Rng;
 use serde_json::json;
@@ -32,9 +32,20 @@ use tracing::{info, warn};
 
 /// Runs the Tenant controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let tenants = ctx.watched::<Tenant>();
     let secrets = ctx.watched::<Secret>();
-    let controller = Controller::new(tenants, watcher::Config::default().any_semantic());
+    // One watch of the Tenants feeds the controller's cache (trimmed of managedFields: nothing here
+    // reads them, and they are most of an object's size) and the claims index.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let claims = ctx.claims.clone();
+    let trigger = watcher(ctx.watched::<Tenant>(), watcher::Config::default().any_semantic())
+        .modify(|t| t.managed_fields_mut().clear())
+        .map_ok(move |event| {
+            claims.observe(&event);
+            event
+        })
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(trigger, reader);
     let store = controller.store();
     // Tenants by condition, from the controller's own cache (no extra API calls).
     let gauge_store = store.clone();
@@ -188,26 +199,10 @@ impl Tenant {
         }
     }
 
-    /// Another Tenant that claims the same instance and came first (oldest wins, then name).
-    async fn rival_claim(&self, ctx: &Context, instance: &str) -> Result<Option<String>, Error> {
-        let all: Api<Tenant> = ctx.watched();
-        let me = (self.metadata.creation_timestamp.clone(), self.namespace(), self.name_any());
-        for other in all.list(&ListParams::default()).await? {
-            if other.uid() == self.uid() {
-                continue;
-            }
-            let claims = other.spec.instance.id.as_deref() == Some(instance)
-                || other.status.as_ref().and_then(|s| s.instance_id.as_deref()) == Some(instance)
-                || (other.spec.slug == self.spec.slug && other.spec.instance.region == self.spec.instance.region);
-            if !claims {
-                continue;
-            }
-            let them = (other.metadata.creation_timestamp.clone(), other.namespace(), other.name_any());
-            if them < me {
-                return Ok(Some(format!("{}/{}", them.1.unwrap_or_default(), them.2)));
-            }
-        }
-        Ok(None)
+    /// Another Tenant that claims the same instance or org and came first (oldest wins, then
+    /// namespace and name): from the claims index the Tenant watch keeps, no request.
+    async fn rival_claim(&self, ctx: &Context, instance: &str) -> Option<String> {
+        ctx.claims.rival(self, instance).await.map(|c| c.to_string())
     }
 
     async fn reconcile(&self, ctx: &Arc<Context>) -> Result<Action, Error> {
@@ -303,7 +298,7 @@ impl Tenant {
                     return Ok(Action::requeue(Duration::from_secs(60)));
                 }
             };
-            if let Some(rival) = self.rival_claim(ctx, &instance).await? {
+            if let Some(rival) = self.rival_claim(ctx, &instance).await {
                 let message = format!("instance {instance} is already claimed by Tenant {rival}");
                 let conds = [
                     Cond::no(ct::READY, "InstanceClaimed", message.clone()),
