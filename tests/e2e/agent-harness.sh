@@ -65,7 +65,7 @@ for CASE_DIR in "$CASES"/*/; do
   STATE="$ROOT/var/lib/tenant-operator"
   LOGFILE="$ROOT/agent.log"
   WORK="$ROOT/work"
-  ORG="$(read_org)"
+  ORG="$(read_org 2>>"$LOGFILE")"
   printf '%s' "$ORG" > "$CASE_DIR/read-org"
   read -r rev < "$CASE_DIR/rev"
   if ! fetch_revision "$rev" "$WORK/desired"; then echo fetch-failed > "$CASE_DIR/outcome"; continue; fi
