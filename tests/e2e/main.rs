@@ -29,4 +29,5 @@ mod rbac;
 mod rollout;
 mod slice;
 mod smoke;
+mod ssm_faults;
 mod webhook;

@@ -232,7 +232,14 @@ class Host:
         self.sandbox = sandbox
         self.registered = time.time()
         self.faults = {"agent_offline": False, "delivery_delay_seconds": 0.0, "throttle_next": 0,
-                       "fail_next_delivery": 0, "unhealthy": False}
+                       "fail_next_delivery": 0, "unhealthy": False,
+                       # The next N commands: never delivered in time; out of time on the host at
+                       # once (killed as SSM kills a step past its timeoutSeconds); stdout garbled;
+                       # stdout past SSM's 24,000-character limit (the report at its end is cut off).
+                       "delivery_timeout_next": 0, "execution_timeout_next": 0, "garble_next": 0, "pad_next": 0,
+                       # When set, the counted faults above (and fail_next_delivery) wait for a
+                       # command whose `action` parameter is this one (an apply, not an observe).
+                       "fault_action": ""}
         self.offline_since = None
         self.queue = []  # Invocation objects waiting for delivery, in order
         self.running = None
@@ -304,11 +311,25 @@ class Host:
                 if not self.online:
                     self.queue.insert(0, inv)
                     continue
-                if self.faults["fail_next_delivery"] > 0:
+                wanted = self.faults["fault_action"]
+                if wanted and (inv.command.parameters or {}).get("action") not in ([wanted], wanted):
+                    counted = False
+                else:
+                    counted = True
+                if counted and self.faults["fail_next_delivery"] > 0:
                     self.faults["fail_next_delivery"] -= 1
                     inv.finish("Failed", "Undeliverable", -1)
                     sim.cond.notify_all()
                     continue
+                if counted and self.faults["delivery_timeout_next"] > 0:
+                    self.faults["delivery_timeout_next"] -= 1
+                    inv.finish("TimedOut", "DeliveryTimedOut", -1)
+                    sim.cond.notify_all()
+                    continue
+                for k in ("execution_timeout_next", "garble_next", "pad_next"):
+                    if counted and self.faults[k] > 0:
+                        self.faults[k] -= 1
+                        inv.faults.add(k)
                 inv.status, inv.details = "InProgress", "InProgress"
                 inv.start = time.time()
                 self.running = inv
@@ -351,9 +372,11 @@ class Host:
             if wd:
                 cwd = os.path.join(self.sandbox, wd.lstrip("/"))
             try:
-                timeout = int(step["inputs"].get("timeoutSeconds") or 3600)
+                timeout = float(step["inputs"].get("timeoutSeconds") or 3600)
             except ValueError:
-                timeout = 3600
+                timeout = 3600.0
+            if "execution_timeout_next" in inv.faults:
+                timeout = 0.05
             out_path, err_path = os.path.join(d, "stdout"), os.path.join(d, "stderr")
             plug.update(Status="InProgress", StatusDetails="InProgress", ResponseStartDateTime=time.time())
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
@@ -382,7 +405,12 @@ class Host:
                     time.sleep(0.02)
                 rc = proc.returncode if proc is not None else 1
             with open(out_path, "rb") as f:
-                stdout = f.read(STDOUT_LIMIT * 4 + 16).decode("utf-8", errors="replace")[:STDOUT_LIMIT]
+                raw = f.read(STDOUT_LIMIT * 4 + 16)
+            if "garble_next" in inv.faults:
+                raw = bytes(range(256)) * 3
+            if "pad_next" in inv.faults:
+                raw = b"#" * (STDOUT_LIMIT + 1000) + b"\n" + raw
+            stdout = raw.decode("utf-8", errors="replace")[:STDOUT_LIMIT]
             with open(err_path, "rb") as f:
                 stderr = f.read(STDERR_LIMIT * 4 + 16).decode("utf-8", errors="replace")[:STDERR_LIMIT]
             if outcome is None:
@@ -454,6 +482,7 @@ class Invocation:
         self.proc = None
         self.cancel_requested = False
         self.pending_final = None
+        self.faults = set()  # faults of its host that this invocation carries (see Host.faults)
         self.plugins = {s["name"]: {"Name": s["name"], "Status": "Pending", "StatusDetails": "Pending",
                                     "ResponseCode": -1, "Output": ""} for s in command.steps}
 

@@ -89,6 +89,18 @@ impl InvocationStatus {
         }
     }
 
+    /// SSM's status with its details: `Status` alone says `TimedOut` for a command that never
+    /// reached the host as for one that ran out of time there, and `Failed` for an undeliverable
+    /// one; `StatusDetails` tells them apart.
+    pub fn parse_with_details(status: &str, details: Option<&str>) -> Self {
+        match details {
+            Some("DeliveryTimedOut") => Self::DeliveryTimedOut,
+            Some("ExecutionTimedOut") => Self::TimedOut,
+            Some(d @ ("Undeliverable" | "Terminated" | "InvalidPlatform" | "AccessDenied")) => Self::parse(d),
+            _ => Self::parse(status),
+        }
+    }
+
     /// Whether the invocation will not change any more.
     pub fn is_final(&self) -> bool {
         !matches!(self, Self::Pending | Self::InProgress)

@@ -326,7 +326,10 @@ impl Aws for SdkAws {
         let c = self.clients(scope).await;
         match c.ssm.get_command_invocation().command_id(command_id).instance_id(instance).send().await {
             Ok(r) => Ok(Some(Invocation {
-                status: InvocationStatus::parse(r.status().map(|s| s.as_str()).unwrap_or("Pending")),
+                status: InvocationStatus::parse_with_details(
+                    r.status().map(|s| s.as_str()).unwrap_or("Pending"),
+                    r.status_details(),
+                ),
                 stdout: r.standard_output_content().unwrap_or_default().to_string(),
                 stderr: r.standard_error_content().unwrap_or_default().to_string(),
             })),

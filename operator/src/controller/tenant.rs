@@ -5,7 +5,7 @@ use super::{Context, Error, FINALIZER, MANAGER};
 use crate::aws::{AwsScope, InstanceQuery, Invocation, InvocationStatus, Ping, SendCommand};
 use crate::core::adoption::{self, Step};
 use crate::core::conditions::{self, Cond};
-use crate::core::report::{HostReport, short_digest};
+use crate::core::report::{self, CommandResult, Delivery, HostReport, short_digest};
 use crate::core::tenant::{self as plan, Desired, Next, PlanInput};
 use crate::crd::{
     AdoptionMode, AdoptionStatus, ApplyRecord, ImportedContainer, InFlightCommand, RolloutPolicy, RolloutPolicySpec,
@@ -266,6 +266,12 @@ impl Tenant {
                 env_revision: &d.env_revision,
             }),
             failed_revision: failed.as_deref(),
+            apply_not_before: status
+                .history
+                .first()
+                .filter(|h| h.action == "apply" && h.result == CommandResult::NotDelivered.as_str())
+                .and_then(|h| h.finished_at.as_deref()?.parse::<Timestamp>().ok())
+                .map(|t| t.saturating_add(plan::NOT_DELIVERED_RETRY).unwrap_or(t)),
         });
         // Adoption steps go before anything else but the command in flight.
         let adopt_step = if matches!(next, Next::Poll) { Step::Nothing } else { adopt_step };
@@ -537,7 +543,7 @@ impl Tenant {
         let outcome = match inv.status {
             InvocationStatus::Success => "succeeded",
             InvocationStatus::Failed => "failed",
-            InvocationStatus::TimedOut | InvocationStatus::DeliveryTimedOut => "timed_out",
+            InvocationStatus::TimedOut => "timed_out",
             _ => "undeliverable",
         };
         ctx.metrics.command(&f.action, outcome);
@@ -556,22 +562,19 @@ impl Tenant {
             self.finish_adoption(ctx, status, f, report.as_ref().ok(), now);
         }
         if f.action != "observe" && f.action != "inspect-legacy" {
-            let (result, message) = match (&report, &inv.status) {
-                (Ok(r), _) if r.status == "ok" => ("Succeeded", r.detail.clone()),
-                (Ok(r), _) if crate::core::report::rolled_back(&r.detail) => ("RolledBack", r.detail.clone()),
-                (Ok(r), _) => ("Failed", r.detail.clone()),
-                (Err(_), InvocationStatus::TimedOut | InvocationStatus::DeliveryTimedOut) => {
-                    ("TimedOut", outcome.into())
-                }
-                (Err(e), _) => ("Failed", e.to_string()),
+            let delivery = match inv.status {
+                InvocationStatus::DeliveryTimedOut | InvocationStatus::Undeliverable => Delivery::NotDelivered,
+                InvocationStatus::TimedOut => Delivery::TimedOut,
+                _ => Delivery::Ran,
             };
+            let (result, message) = report::command_result(delivery, report.as_ref());
             status.history.insert(
                 0,
                 ApplyRecord {
                     revision: f.revision.clone().unwrap_or_default(),
                     digest: f.digest.clone(),
                     action: f.action.clone(),
-                    result: result.into(),
+                    result: result.as_str().into(),
                     message: Some(message),
                     command_id: f.command_id.clone(),
                     started_at: f.started_at.clone(),
@@ -944,7 +947,11 @@ impl Tenant {
         out.push(secrets);
         let obs = status.observed.as_ref();
         let serving = obs.and_then(plan::serving);
-        let failed = status.history.first().filter(|h| h.result != "Succeeded" && h.action == "apply");
+        // The last apply, and how it ended (a result this version does not know counts as failed).
+        let last = status.history.first().filter(|h| h.action == "apply");
+        let result_of = |h: &ApplyRecord| CommandResult::parse(&h.result).unwrap_or(CommandResult::Failed);
+        let failed = last.filter(|h| result_of(h).is_failure());
+        let not_delivered = last.filter(|h| result_of(h) == CommandResult::NotDelivered);
         let runs = |d: &DesiredRevision, t: &crate::crd::Revision| {
             obs.is_some_and(|o| {
                 plan::runs_desired(o, &Desired { id: &d.id, digest: &t.digest, env_revision: &d.env_revision })
@@ -973,14 +980,26 @@ impl Tenant {
                     out.push(Cond::yes(ct::IMAGE_UP_TO_DATE, "Converged", "the serving slot runs the target revision"));
                 }
                 Some(d) if failed.is_some_and(|f| f.revision == d.id) && status.in_flight.is_none() => {
-                    let f =
-                        failed.map(|f| (f.result.clone(), f.message.clone().unwrap_or_default())).unwrap_or_default();
-                    let reason = if f.0 == "RolledBack" { "RolledBack" } else { "ApplyFailed" };
-                    let message = format!("revision {} failed on the host ({}): {}", d.id, f.0, f.1);
+                    let f = failed.map(|f| (result_of(f), f.message.clone().unwrap_or_default()));
+                    let (result, why) = f.unwrap_or((CommandResult::Failed, String::new()));
+                    let reason = result.reason();
+                    let message = format!("revision {} failed on the host ({}): {why}", d.id, result.as_str());
                     out.push(Cond::no(ct::READY, reason, message.clone()));
                     out.push(Cond::no(ct::RECONCILING, reason, "not retried until the revision changes"));
                     out.push(Cond::yes(ct::STALLED, reason, message.clone()));
                     out.push(Cond::no(ct::IMAGE_UP_TO_DATE, reason, message));
+                }
+                Some(d) if not_delivered.is_some_and(|f| f.revision == d.id) && status.in_flight.is_none() => {
+                    let reason = CommandResult::NotDelivered.reason();
+                    let message = format!("the command for revision {} never reached the host; it is sent again", d.id);
+                    out.push(Cond::no(ct::READY, reason, message.clone()));
+                    out.push(Cond::yes(ct::RECONCILING, reason, message));
+                    out.push(Cond::no(ct::STALLED, reason, "not stalled: nothing changed on the host"));
+                    out.push(Cond::no(
+                        ct::IMAGE_UP_TO_DATE,
+                        reason,
+                        "the serving slot does not run the target revision",
+                    ));
                 }
                 _ => {
                     out.push(Cond::no(ct::READY, "Progressing", format!("moving the host to {}", target.image)));
@@ -1148,7 +1167,7 @@ pub fn failed_revision(status: &TenantStatus) -> Option<&str> {
     status
         .history
         .first()
-        .filter(|h| h.action == "apply" && h.result != "Succeeded")
+        .filter(|h| h.action == "apply" && CommandResult::parse(&h.result).is_none_or(CommandResult::is_failure))
         .filter(|h| match (admitted, h.started_at.parse::<Timestamp>()) {
             (Some(a), Ok(started)) => started >= a,
             _ => true,

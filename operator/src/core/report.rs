@@ -165,9 +165,128 @@ pub fn rolled_back(detail: &str) -> bool {
     detail.ends_with(":rolled-back") || (detail.ends_with("-rolled-back") && !detail.contains(':'))
 }
 
+/// How far a command got, as SSM tells it (`StatusDetails`, not only `Status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The host ran it to the end (successfully or not).
+    Ran,
+    /// It ran on the host and ran out of time there (`ExecutionTimedOut`).
+    TimedOut,
+    /// It never reached the host (`DeliveryTimedOut`, `Undeliverable`, a terminated instance).
+    NotDelivered,
+}
+
+/// How a command that changes the host ended, as its history records it (`status.history[].result`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandResult {
+    /// The agent reported `ok`.
+    Succeeded,
+    /// The agent reported an error and put back what ran before.
+    RolledBack,
+    /// The agent reported an error.
+    Failed,
+    /// It ran out of time on the host: what the host runs now is not known from it.
+    TimedOut,
+    /// It ran, but its report cannot be read (garbled, or cut at SSM's output limit).
+    ReportUnreadable,
+    /// It never reached the host: nothing changed there.
+    NotDelivered,
+}
+
+impl CommandResult {
+    /// Every result, for parsing.
+    const ALL: [CommandResult; 6] =
+        [Self::Succeeded, Self::RolledBack, Self::Failed, Self::TimedOut, Self::ReportUnreadable, Self::NotDelivered];
+
+    /// As written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "Succeeded",
+            Self::RolledBack => "RolledBack",
+            Self::Failed => "Failed",
+            Self::TimedOut => "TimedOut",
+            Self::ReportUnreadable => "ReportUnreadable",
+            Self::NotDelivered => "NotDelivered",
+        }
+    }
+
+    /// Reads what [`CommandResult::as_str`] wrote.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The host ran it (or may have) and it did not succeed: the revision is not tried again until
+    /// it changes, and in a rollout it counts against `maxErrors`. A command that never reached
+    /// the host is not a failure: the host is unreachable, and the command is sent again.
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Self::Succeeded | Self::NotDelivered)
+    }
+
+    /// The conditions' reason while this is the last word on the desired revision.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Succeeded => "Converged",
+            Self::RolledBack => "RolledBack",
+            Self::Failed => "ApplyFailed",
+            Self::TimedOut => "CommandTimedOut",
+            Self::ReportUnreadable => "ReportUnreadable",
+            Self::NotDelivered => "CommandNotDelivered",
+        }
+    }
+}
+
+/// How a command ended, from how far it got and what its stdout says; and the message for history.
+pub fn command_result(delivery: Delivery, report: Result<&HostReport, &ReportError>) -> (CommandResult, String) {
+    match (delivery, report) {
+        (Delivery::NotDelivered, _) => (CommandResult::NotDelivered, "the command never reached the host".into()),
+        (_, Ok(r)) if r.status == "ok" => (CommandResult::Succeeded, r.detail.clone()),
+        (_, Ok(r)) if rolled_back(&r.detail) => (CommandResult::RolledBack, r.detail.clone()),
+        (Delivery::TimedOut, _) => (CommandResult::TimedOut, "the command ran out of time on the host".into()),
+        (Delivery::Ran, Ok(r)) => (CommandResult::Failed, r.detail.clone()),
+        (Delivery::Ran, Err(e)) => (CommandResult::ReportUnreadable, e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_that_never_reached_the_host_is_no_failure_and_each_ending_has_its_reason() {
+        let report = |status: &str, detail: &str| {
+            let line = format!(
+                "{{\"v\":1,\"agent\":\"a\",\"action\":\"apply\",\"status\":\"{status}\",\"detail\":\"{detail}\",\"slots\":{{\"blue\":null,\"green\":null}}}}"
+            );
+            HostReport::parse(&line).expect("a report")
+        };
+        let ok = report("ok", "applied");
+        let failed = report("error", "health-failed");
+        let back = report("error", "health-failed:rolled-back");
+        let garbled = HostReport::parse("\u{fffd}\u{fffd} not json");
+        let cases = [
+            (
+                Delivery::NotDelivered,
+                Err(&ReportError::Empty),
+                CommandResult::NotDelivered,
+                false,
+                "CommandNotDelivered",
+            ),
+            (Delivery::Ran, Ok(&ok), CommandResult::Succeeded, false, "Converged"),
+            (Delivery::Ran, Ok(&failed), CommandResult::Failed, true, "ApplyFailed"),
+            (Delivery::Ran, Ok(&back), CommandResult::RolledBack, true, "RolledBack"),
+            (Delivery::TimedOut, Err(&ReportError::Empty), CommandResult::TimedOut, true, "CommandTimedOut"),
+            (Delivery::Ran, garbled.as_ref(), CommandResult::ReportUnreadable, true, "ReportUnreadable"),
+            (Delivery::Ran, Err(&ReportError::Empty), CommandResult::ReportUnreadable, true, "ReportUnreadable"),
+        ];
+        for (delivery, rep, want, failure, reason) in cases {
+            let (got, _) = command_result(delivery, rep);
+            assert_eq!(got, want, "{delivery:?} {rep:?}");
+            assert_eq!(got.is_failure(), failure, "{got:?}");
+            assert_eq!(got.reason(), reason);
+            assert_eq!(CommandResult::parse(got.as_str()), Some(got));
+        }
+        assert_eq!(CommandResult::parse("Exploded"), None);
+    }
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

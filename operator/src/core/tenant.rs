@@ -21,7 +21,13 @@ pub struct PlanInput<'a> {
     pub desired: Option<Desired<'a>>,
     /// The revision whose last apply failed (not retried until the revision changes).
     pub failed_revision: Option<&'a str>,
+    /// No apply before this time: the last command never reached the host ([`NOT_DELIVERED_RETRY`]
+    /// after it ended, it is sent again, never in a tight loop).
+    pub apply_not_before: Option<Timestamp>,
 }
+
+/// How long after a command that never reached the host the apply is sent again.
+pub const NOT_DELIVERED_RETRY: Duration = Duration::from_secs(15);
 
 /// The revision the host should run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +72,14 @@ pub fn next(input: &PlanInput<'_>) -> Next {
         && !runs_desired(obs, &d)
         && input.failed_revision != Some(d.id)
     {
-        return Next::Apply;
+        match input.apply_not_before.filter(|t| input.now < *t) {
+            None => return Next::Apply,
+            Some(t) if age < input.observe_interval => {
+                let pause = Duration::try_from(input.now.duration_until(t)).unwrap_or_default();
+                return Next::Wait(pause.min(input.observe_interval - age));
+            }
+            Some(_) => return Next::Observe,
+        }
     }
     if age >= input.observe_interval { Next::Observe } else { Next::Wait(input.observe_interval - age) }
 }
@@ -136,6 +149,7 @@ mod tests {
             target: None,
             desired: None,
             failed_revision: None,
+            apply_not_before: None,
         };
         assert_eq!(next(&input), Next::Wait(Duration::from_secs(240)));
         input.now = ts("2026-01-01T00:05:00Z");
@@ -167,6 +181,7 @@ mod tests {
             target: None,
             desired: Some(same),
             failed_revision: None,
+            apply_not_before: None,
         };
         assert_eq!(next(&input), Next::Wait(Duration::from_secs(240)));
         input.desired = Some(other);
@@ -174,6 +189,28 @@ mod tests {
         input.failed_revision = Some("r2");
         assert_eq!(next(&input), Next::Wait(Duration::from_secs(240)));
         input.now = ts("2026-01-01T00:06:00Z");
+        assert_eq!(next(&input), Next::Observe);
+    }
+
+    #[test]
+    fn a_command_that_never_reached_the_host_is_sent_again_after_a_pause() {
+        let o = obs("2026-01-01T00:00:00Z");
+        let mut input = PlanInput {
+            now: ts("2026-01-01T00:01:00Z"),
+            in_flight: None,
+            observation: Some(&o),
+            observe_interval: Duration::from_secs(300),
+            target: None,
+            desired: Some(Desired { id: "r2", digest: "sha256:bb", env_revision: "e1" }),
+            failed_revision: None,
+            apply_not_before: Some(ts("2026-01-01T00:01:10Z")),
+        };
+        assert_eq!(next(&input), Next::Wait(Duration::from_secs(10)));
+        input.now = ts("2026-01-01T00:01:10Z");
+        assert_eq!(next(&input), Next::Apply);
+        // A stale report is refreshed first, pause or not.
+        input.now = ts("2026-01-01T00:05:05Z");
+        input.apply_not_before = Some(ts("2026-01-01T00:05:10Z"));
         assert_eq!(next(&input), Next::Observe);
     }
 

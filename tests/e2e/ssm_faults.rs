@@ -1,0 +1,128 @@
+//! SSM misbehaving under a rollout, at the operator: a command that is undeliverable, one whose
+//! delivery times out, one that runs out of time on the host, one whose output is garbled and one
+//! whose output passes SSM's 24,000-character limit (the report at its end is cut off), beside a
+//! host that behaves. Judged from the API server (histories, the rollout's record, the conditions
+//! each tenant showed on the way) and the simulator's timeline:
+//! - a command that never reached the host is no failure: it is sent again, and the tenant moves;
+//! - one the host ran and that did not end in a readable success counts against `maxErrors`, with
+//!   its own reason, and the tenant goes back to what it ran;
+//! - the rollout completes within its budget (`maxErrors: 3`, three counted).
+
+use crate::apply::tenant_json;
+use crate::harness::Bed;
+use crate::hostile::TenantLog;
+use crate::rollout::{all_on, follow_tag, policy, record, wait_policy};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tenant_operator::crd::Tenant;
+use testbed::demo::launch_managed;
+use testbed::stack::HostState;
+
+/// (tenant, the fault its host gets for the next command, the result its apply of v2 records first,
+/// the reason its conditions show for it, whether it counts against the budget).
+const CASES: [(&str, &str, &str, &str, bool); 6] = [
+    ("nd-lost", "fail_next_delivery", "NotDelivered", "CommandNotDelivered", false),
+    ("nd-late", "delivery_timeout_next", "NotDelivered", "CommandNotDelivered", false),
+    ("x-slow", "execution_timeout_next", "TimedOut", "CommandTimedOut", true),
+    ("x-garbled", "garble_next", "ReportUnreadable", "ReportUnreadable", true),
+    ("x-padded", "pad_next", "ReportUnreadable", "ReportUnreadable", true),
+    ("ok-a", "", "Succeeded", "Converged", false),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_ssm_fault_ends_in_its_own_reason_and_only_what_ran_counts_against_the_budget() {
+    let bed = Bed::start().await.unwrap();
+    let log = TenantLog::start(&bed);
+    let v1 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "1")], false).await.unwrap();
+    follow_tag(&bed, "staging", "staging").await;
+    policy(
+        &bed,
+        "p",
+        json!({"maxConcurrency": 10, "maxErrors": 3, "stagger": "0s", "canary": {"minCanaries": 0, "soak": "0s"}}),
+    )
+    .await;
+    let mut ids = BTreeMap::new();
+    for (name, ..) in CASES {
+        let id = launch_managed(&bed.stack, name, &[], HostState::Fresh).await.unwrap();
+        bed.create::<Tenant>(tenant_json(name, &id, json!({"rolloutPolicy": "p", "tier": "production"})))
+            .await
+            .unwrap();
+        ids.insert(name, id);
+    }
+    let names: Vec<&str> = CASES.iter().map(|c| c.0).collect();
+    all_on(&bed, &names, &v1, Duration::from_secs(300)).await;
+
+    // Each host misbehaves on its next command, which is the apply of v2.
+    for (name, fault, ..) in CASES {
+        if !fault.is_empty() {
+            bed.stack.set_fault(&ids[name], json!({ fault: 1, "fault_action": "apply" })).await.unwrap();
+        }
+    }
+    let v2 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "2")], false).await.unwrap();
+    let p = wait_policy(&bed, "p", "the rollout of v2 complete", Duration::from_secs(600), |p| {
+        record(p, "staging").is_some_and(|r| r.digest == v2 && r.phase == "Complete")
+    })
+    .await;
+    let r = record(&p, "staging").unwrap();
+
+    // Only what the hosts ran counts: the undeliverable and the late commands are not failures.
+    let mut counted: Vec<&str> = CASES.iter().filter(|c| c.4).map(|c| c.0).collect();
+    counted.sort();
+    let mut failed: Vec<&str> = r.failed_tenants.iter().map(String::as_str).collect();
+    failed.sort();
+    assert_eq!(failed, counted, "{r:?}");
+    assert_eq!(r.production.failed, 3);
+
+    // The ones never reached, and the clean one, run v2; the failed ones went back to v1.
+    let moved: Vec<&str> = CASES.iter().filter(|c| !c.4).map(|c| c.0).collect();
+    all_on(&bed, &moved, &v2, Duration::from_secs(120)).await;
+    all_on(&bed, &counted, &v1, Duration::from_secs(300)).await;
+
+    for (name, _, first, reason, counts) in CASES {
+        let t = bed.tenants().get(name).await.unwrap();
+        let history = t.status.clone().unwrap_or_default().history;
+        // Oldest first: the applies of v2, in the order they ended.
+        let v2_applies: Vec<&str> = history
+            .iter()
+            .rev()
+            .filter(|h| h.action == "apply" && h.digest.as_deref() == Some(v2.as_str()))
+            .map(|h| h.result.as_str())
+            .collect();
+        assert_eq!(v2_applies.first().copied(), Some(first), "{name}: {history:?}");
+        if counts {
+            // Tried once: a failure is not tried again.
+            assert_eq!(v2_applies.len(), 1, "{name}: {history:?}");
+        } else if first == "NotDelivered" {
+            // Sent again, and it went through.
+            assert_eq!(v2_applies, ["NotDelivered", "Succeeded"], "{name}: {history:?}");
+        }
+        let seen = log.conditions(name);
+        assert!(
+            seen.contains(&(
+                "Ready".into(),
+                if reason == "Converged" { "True" } else { "False" }.into(),
+                reason.into()
+            )),
+            "{name} never showed Ready {reason}: {seen:?}"
+        );
+        if first == "NotDelivered" {
+            // Never stalled: nothing changed on the host, and it moves on.
+            assert!(
+                !seen.contains(&("Stalled".into(), "True".into(), reason.into())),
+                "{name} was stalled for {reason}: {seen:?}"
+            );
+        }
+    }
+
+    // The simulator's side: the lost and the late commands never started on their hosts.
+    let timeline = bed.stack.timeline().await.unwrap();
+    for (name, fault, ..) in &CASES[..2] {
+        let of_host: Vec<&serde_json::Value> =
+            timeline.as_array().unwrap().iter().filter(|t| t["instance_id"].as_str() == Some(&ids[name])).collect();
+        let never_ran = if *fault == "fail_next_delivery" { "Undeliverable" } else { "DeliveryTimedOut" };
+        let lost: Vec<&&serde_json::Value> = of_host.iter().filter(|t| t["status_details"] == never_ran).collect();
+        assert_eq!(lost.len(), 1, "{name}: {of_host:?}");
+        assert!(lost[0]["start"].is_null(), "{name}: the command started: {:?}", lost[0]);
+    }
+}
