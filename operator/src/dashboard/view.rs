@@ -474,8 +474,13 @@ pub struct PolicyDetail {
 }
 
 fn finished_on(t: &Tenant, digest: &str) -> Option<(bool, String)> {
+    use crate::core::report::CommandResult;
     let h = t.status.as_ref()?.history.iter().find(|h| h.digest.as_deref() == Some(digest) && h.action == "apply")?;
-    Some((h.result == "Succeeded", h.finished_at.clone()?))
+    // A command that never reached the host finished nothing: it is sent again.
+    match CommandResult::parse(&h.result) {
+        Some(CommandResult::NotDelivered) => None,
+        result => Some((result == Some(CommandResult::Succeeded), h.finished_at.clone()?)),
+    }
 }
 
 fn rollout_detail(
