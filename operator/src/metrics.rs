@@ -27,7 +27,9 @@ pub struct ReconcileLabels {
 pub struct CommandLabels {
     /// Document action.
     pub action: String,
-    /// `sent`, `succeeded`, `failed`, `timed_out`, `undeliverable`, `adopted` (found after a restart).
+    /// `sent`, `succeeded`, `failed`, `timed_out` (ran out of time on the host), `undeliverable`
+    /// (never reached the host: undeliverable or its delivery timed out), `adopted` (found after a
+    /// restart).
     pub outcome: String,
 }
 
