@@ -237,10 +237,14 @@ async fn dry_run_changes_nothing_and_a_release_restores_the_cron() {
     assert!(out.contains("cron         active -> disabled"), "{out}");
     assert!(out.contains("first apply  none"), "{out}");
 
-    // Nothing changed on the host: same container, cron still firing, no marker, nothing stored.
+    // Nothing changed on the host: same container, cron still firing (it fires again), no marker,
+    // nothing stored.
     let runs = cron_runs(&bed, &id).await;
-    tokio::time::sleep(Duration::from_secs_f64(CRON_SECONDS * 3.0)).await;
-    assert!(cron_runs(&bed, &id).await > runs, "the cron stopped without an adoption");
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(CRON_SECONDS * 20.0 + 30.0);
+    while cron_runs(&bed, &id).await <= runs {
+        assert!(std::time::Instant::now() < deadline, "the cron stopped without an adoption");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(cron_entry(&bed, &id).await, "active");
     assert_eq!(container_id(&bed, &id, "molecule-tenant"), legacy);
     assert!(!bed.stack.host_dir(&id).join("var/lib/tenant-operator/applied-revision").exists());

@@ -99,8 +99,19 @@ async fn leader_election_one_writer_and_a_takeover_within_the_lease_duration() {
     let id = launch_managed(&bed.stack, "lead", &[], HostState::Fresh).await.unwrap();
     bed.create::<Tenant>(tenant_json("lead", &id, json!({}))).await.unwrap();
     bed.wait_tenant("lead", Duration::from_secs(90), "convergence on v1", converged_on(v1.clone())).await.unwrap();
-    // Through a few renewals: the standby never reconciles anything.
-    tokio::time::sleep(Duration::from_secs(DURATION_SECS + 2)).await;
+    // Through two renewals by the leader (and more than a lease duration): the standby never
+    // reconciles anything.
+    let since = Instant::now();
+    let mut renewals = Vec::new();
+    while renewals.len() < 3 || since.elapsed() < Duration::from_secs(DURATION_SECS) {
+        let l = leases(&bed).get(&lease(&bed)).await.unwrap();
+        let renewed = l.spec.and_then(|s| s.renew_time).map(|t| t.0);
+        if renewed.is_some() && renewals.last() != Some(&renewed) {
+            renewals.push(renewed);
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "the leader did not renew twice: {renewals:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(holder(&bed).await.as_deref(), Some("replica-a"));
     assert!(work(&a.metrics) > 0, "the leader did nothing");
     assert_eq!(work(&b.metrics), 0, "the standby reconciled:\n{}", b.metrics.encode());
