@@ -138,19 +138,24 @@ mod tests {
         }
     }
 
+    /// A minute after the report `o`, which stays fresh for five.
+    fn at_one_minute<'a>(o: &'a HostObservation, desired: Option<Desired<'a>>) -> PlanInput<'a> {
+        PlanInput {
+            now: ts("2026-01-01T00:01:00Z"),
+            in_flight: None,
+            observation: Some(o),
+            observe_interval: Duration::from_secs(300),
+            target: None,
+            desired,
+            failed_revision: None,
+            apply_not_before: None,
+        }
+    }
+
     #[test]
     fn observes_when_stale_waits_when_fresh_polls_when_in_flight() {
         let o = obs("2026-01-01T00:00:00Z");
-        let mut input = PlanInput {
-            now: ts("2026-01-01T00:01:00Z"),
-            in_flight: None,
-            observation: Some(&o),
-            observe_interval: Duration::from_secs(300),
-            target: None,
-            desired: None,
-            failed_revision: None,
-            apply_not_before: None,
-        };
+        let mut input = at_one_minute(&o, None);
         assert_eq!(next(&input), Next::Wait(Duration::from_secs(240)));
         input.now = ts("2026-01-01T00:05:00Z");
         assert_eq!(next(&input), Next::Observe);
@@ -173,16 +178,7 @@ mod tests {
         let o = obs("2026-01-01T00:00:00Z");
         let same = Desired { id: "r1", digest: "sha256:aa", env_revision: "e1" };
         let other = Desired { id: "r2", digest: "sha256:bb", env_revision: "e1" };
-        let mut input = PlanInput {
-            now: ts("2026-01-01T00:01:00Z"),
-            in_flight: None,
-            observation: Some(&o),
-            observe_interval: Duration::from_secs(300),
-            target: None,
-            desired: Some(same),
-            failed_revision: None,
-            apply_not_before: None,
-        };
+        let mut input = at_one_minute(&o, Some(same));
         assert_eq!(next(&input), Next::Wait(Duration::from_secs(240)));
         input.desired = Some(other);
         assert_eq!(next(&input), Next::Apply);
@@ -195,16 +191,8 @@ mod tests {
     #[test]
     fn a_command_that_never_reached_the_host_is_sent_again_after_a_pause() {
         let o = obs("2026-01-01T00:00:00Z");
-        let mut input = PlanInput {
-            now: ts("2026-01-01T00:01:00Z"),
-            in_flight: None,
-            observation: Some(&o),
-            observe_interval: Duration::from_secs(300),
-            target: None,
-            desired: Some(Desired { id: "r2", digest: "sha256:bb", env_revision: "e1" }),
-            failed_revision: None,
-            apply_not_before: Some(ts("2026-01-01T00:01:10Z")),
-        };
+        let mut input = at_one_minute(&o, Some(Desired { id: "r2", digest: "sha256:bb", env_revision: "e1" }));
+        input.apply_not_before = Some(ts("2026-01-01T00:01:10Z"));
         assert_eq!(next(&input), Next::Wait(Duration::from_secs(10)));
         input.now = ts("2026-01-01T00:01:10Z");
         assert_eq!(next(&input), Next::Apply);
