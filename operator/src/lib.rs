@@ -10,6 +10,7 @@ pub mod core;
 pub mod crd;
 pub mod dashboard;
 pub mod host;
+pub mod kubeclient;
 pub mod metrics;
 pub mod plugin;
 pub mod registry;

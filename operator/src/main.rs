@@ -184,7 +184,6 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await?;
     let aws = SdkAws::new(AwsSettings {
         default_region: args.region,
         ec2_endpoint: args.ec2_endpoint,
@@ -206,6 +205,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let metrics = Arc::new(Metrics::default());
+    // Every request to the API server counted (tenant_operator_kube_requests_total).
+    let client = tenant_operator::kubeclient::infer(metrics.clone()).await?;
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tenant_operator::telemetry::serve_metrics(args.metrics_addr, metrics.clone(), ready.clone()).await?;
     // Ready once the API server answered with these credentials.

@@ -22,6 +22,18 @@ pub struct ReconcileLabels {
     pub result: String,
 }
 
+/// Labels of a request to the Kubernetes API server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeRequestLabels {
+    /// The API server's verb: `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`
+    /// (`other` for anything else).
+    pub verb: String,
+    /// The resource, with its subresource: `tenants`, `tenants/status`, `leases`, ...
+    pub resource: String,
+    /// The HTTP status code, or `error` when no answer came (refused, reset, timed out).
+    pub code: String,
+}
+
 /// Labels of a command.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabels {
@@ -169,6 +181,8 @@ pub struct Metrics {
     pub aws_call_errors: Family<AwsErrorLabels, Counter>,
     /// Rollouts by phase (1 on the current phase).
     pub rollouts: Family<RolloutLabels, Gauge>,
+    /// Requests to the Kubernetes API server by verb, resource and answer (each attempt).
+    pub kube_requests: Family<KubeRequestLabels, Counter>,
     /// Rollout progress: tenants per tier, moved, failed and in the tier.
     pub rollout_tenants: Family<RolloutTenantLabels, Gauge>,
     /// The series last written per (namespace, policy), to drop those of a rollout that is gone.
@@ -187,6 +201,7 @@ impl Default for Metrics {
             notifications: Family::default(),
             aws_call_errors: Family::default(),
             rollouts: Family::default(),
+            kube_requests: Family::default(),
             rollout_tenants: Family::default(),
             rollout_keys: Mutex::new(BTreeMap::new()),
             registry: Mutex::new(Registry::default()),
@@ -209,6 +224,11 @@ impl Default for Metrics {
             "rollouts",
             "Rollouts (policy, channel) by phase: 1 on the current phase",
             m.rollouts.clone(),
+        );
+        registry.register(
+            "kube_requests",
+            "Requests to the Kubernetes API server by verb, resource and HTTP code (each attempt, retries included)",
+            m.kube_requests.clone(),
         );
         registry.register(
             "rollout_tenants",

@@ -139,8 +139,8 @@ async fn reconcile(channel: Arc<ImageChannel>, cctx: Arc<ChannelContext>) -> Res
     res
 }
 
-fn error_policy(_channel: Arc<ImageChannel>, _err: &Error, _cctx: Arc<ChannelContext>) -> Action {
-    Action::requeue(Duration::from_secs(5 + rand::rng().random_range(0..5)))
+fn error_policy(_channel: Arc<ImageChannel>, err: &Error, _cctx: Arc<ChannelContext>) -> Action {
+    Action::requeue(err.retry_after())
 }
 
 /// `interval` plus up to a tenth of it, at random, so channels spread out.

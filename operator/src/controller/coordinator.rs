@@ -106,13 +106,25 @@ async fn run_direct(ctx: Arc<Context>, shutdown: impl std::future::Future<Output
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile_direct, |_, _, _| Action::requeue(Duration::from_secs(5)), ctx)
+        .run(
+            |t, ctx| async move { counted(&ctx.clone(), "coordinator", reconcile_direct(t, ctx).await) },
+            |_, e: &Error, _| Action::requeue(e.retry_after()),
+            ctx,
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "coordinator reconcile failed");
             }
         })
         .await;
+}
+
+/// A failed reconcile counted by its error's category (successes count themselves).
+fn counted(ctx: &Context, controller: &str, res: Result<Action, Error>) -> Result<Action, Error> {
+    if let Err(e) = &res {
+        ctx.metrics.reconciled(controller, e.category());
+    }
+    res
 }
 
 async fn reconcile_direct(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -159,7 +171,11 @@ async fn run_rollouts(ctx: Arc<Context>, shutdown: impl std::future::Future<Outp
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile_policy, |_, _, _| Action::requeue(Duration::from_secs(5)), ctx)
+        .run(
+            |p, ctx| async move { counted(&ctx.clone(), "rollout", reconcile_policy(p, ctx).await) },
+            |_, e: &Error, _| Action::requeue(e.retry_after()),
+            ctx,
+        )
         .for_each(|res| async move {
             // A Tenant naming a policy that does not exist triggers it on every change of the
             // tenant; the tenant's own condition (PolicyNotFound) says so, no warning here.

@@ -2,6 +2,7 @@
 //! event reason.
 
 use crate::aws::AwsError;
+use std::time::Duration;
 
 /// Why a reconcile failed (as opposed to a tenant condition, which is not an error).
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,10 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube(_) if self.is_forbidden() => "Forbidden",
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "KubeConflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 429 => "KubeThrottled",
+            Error::Kube(kube::Error::Api(s)) if s.code >= 500 => "KubeUnavailable",
+            Error::Kube(kube::Error::HyperError(_) | kube::Error::Service(_)) => "KubeUnreachable",
             Error::Kube(_) => "KubeApiError",
             Error::Aws(AwsError::Throttled(_)) => "AwsThrottled",
             Error::Aws(AwsError::AccessDenied(_)) => "AwsAccessDenied",
@@ -68,5 +73,57 @@ impl Error {
     /// Whether the error is AWS throttling (backed off longer, never a tenant failure).
     pub fn is_throttled(&self) -> bool {
         matches!(self, Error::Aws(AwsError::Throttled(_)))
+    }
+
+    /// How long a controller waits before it tries an object again after this error, before
+    /// jitter (see [`Error::retry_after`]): a conflict is someone else's newer write, read it at
+    /// once; throttling, from the API server or AWS, is answered by waiting longer.
+    pub fn backoff(&self) -> Duration {
+        match self.category() {
+            "KubeConflict" => Duration::from_secs(1),
+            "KubeThrottled" => Duration::from_secs(10),
+            "AwsThrottled" => Duration::from_secs(20),
+            _ => Duration::from_secs(5),
+        }
+    }
+
+    /// [`Error::backoff`] plus up to as much again at random, so objects that failed together are
+    /// not all tried again at the same instant.
+    pub fn retry_after(&self) -> Duration {
+        let base = self.backoff();
+        base + base.mul_f64(rand::random::<f64>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, reason: &str) -> Error {
+        Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            reason: reason.into(),
+            ..Default::default()
+        })))
+    }
+
+    #[test]
+    fn api_server_answers_are_told_apart_by_what_the_caller_should_do() {
+        let cases = [
+            (api(403, "Forbidden"), "Forbidden", 5),
+            (api(409, "Conflict"), "KubeConflict", 1),
+            (api(429, "TooManyRequests"), "KubeThrottled", 10),
+            (api(500, "InternalError"), "KubeUnavailable", 5),
+            (api(503, "ServiceUnavailable"), "KubeUnavailable", 5),
+            (api(404, "NotFound"), "KubeApiError", 5),
+            (api(422, "Invalid"), "KubeApiError", 5),
+            (Error::Aws(AwsError::Throttled("Rate exceeded".into())), "AwsThrottled", 20),
+        ];
+        for (err, category, secs) in cases {
+            assert_eq!(err.category(), category, "{err}");
+            assert_eq!(err.backoff(), Duration::from_secs(secs), "{err}");
+            let after = err.retry_after();
+            assert!(after >= err.backoff() && after <= 2 * err.backoff(), "{err}: {after:?}");
+        }
     }
 }

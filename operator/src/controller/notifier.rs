@@ -49,7 +49,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let n = Arc::new(Notifier { ctx, http });
     Controller::new(policies, watcher::Config::default().any_semantic())
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, |_, _, _| Action::requeue(Duration::from_secs(5)), n)
+        .run(reconcile, |_, e: &Error, _| Action::requeue(e.retry_after()), n)
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "notifier reconcile failed");

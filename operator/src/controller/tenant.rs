@@ -23,7 +23,6 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use rand::Rng;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -129,8 +128,7 @@ async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Err
 const FORBIDDEN_RETRY: Duration = Duration::from_secs(60);
 
 fn error_policy(_tenant: Arc<Tenant>, err: &Error, _ctx: Arc<Context>) -> Action {
-    let base = if err.is_throttled() { 20 } else { 5 };
-    Action::requeue(Duration::from_secs(base + rand::rng().random_range(0..base)))
+    Action::requeue(err.retry_after())
 }
 
 /// Where a tenant's desired state lives in Parameter Store.
