@@ -249,6 +249,8 @@ class Host:
         self.cron_last = time.time()
         self.cron_runs = []
         self.cron_lock = threading.Lock()
+        self.cron_passed = 0  # firings due while the entry was not active (a tick that ran nothing)
+        self.cron_proc = None  # the updater while it runs (its own process group: removal kills it)
 
     @property
     def online(self):
@@ -260,7 +262,7 @@ class Host:
                 "queued": [i.command.id for i in self.queue],
                 "running": self.running.command.id if self.running else None,
                 "cron": {"entry": self.sim.cron_state(self), "interval_seconds": self.cron_interval,
-                         "runs": len(self.cron_runs), "last": self.cron_runs[-1] if self.cron_runs else None}}
+                         "runs": len(self.cron_runs), "passed": self.cron_passed, "last": self.cron_runs[-1] if self.cron_runs else None}}
 
     def env(self):
         sim = self.sim
@@ -714,7 +716,7 @@ echo "$(ts) updated $cur -> $new" >> "$LOG"
         """`active` when the cron entry exists with an uncommented line naming the updater."""
         path = os.path.join(host.sandbox, "etc/cron.d/molecule-autoupdate")
         try:
-            with open(path) as f:
+            with open(path, errors="replace") as f:
                 lines = f.read().splitlines()
         except OSError:
             return "absent"
@@ -726,36 +728,63 @@ echo "$(ts) updated $cur -> $new" >> "$LOG"
         """A compressed clock for cron: each legacy host's entry fires every `cron_interval` seconds."""
         while True:
             time.sleep(0.2)
-            now = time.time()
-            with self.cond:
-                due = [h for h in self.hosts.values() if h.cron_interval and not h.removed
-                       and now - h.cron_last >= h.cron_interval]
-                for h in due:
-                    h.cron_last = now
-            for h in due:
-                if self.cron_state(h) != "active":
-                    continue
-                threading.Thread(target=self.cron_run, args=(h,), daemon=True).start()
-
-    def cron_run(self, host):
-        if not host.cron_lock.acquire(blocking=False):
-            return  # the previous run is still going (cron would start another; flock-less scripts race)
-        try:
-            start = time.time()
-            run = {"start": start, "end": None, "rc": None}
-            with self.cond:  # counted when it starts: a run is visible before it finishes
-                host.cron_runs.append(run)
-                del host.cron_runs[:-200]
-            updater = os.path.join(host.sandbox, "usr/local/bin/molecule-auto-update.sh")
             try:
-                p = subprocess.run(["/bin/bash", updater], cwd=host.sandbox, env=host.env(),
-                                   capture_output=True, text=True, timeout=120)
-                rc = p.returncode
-            except (OSError, subprocess.TimeoutExpired):
+                self.cron_tick()
+            except Exception:  # noqa: BLE001 - one bad host must not stop cron on every host
+                log.exception("cron tick failed")
+
+    def cron_tick(self):
+        now = time.time()
+        with self.cond:
+            due = [h for h in self.hosts.values() if h.cron_interval and not h.removed
+                   and now - h.cron_last >= h.cron_interval]
+            for h in due:
+                h.cron_last = now
+        for h in due:
+            if self.cron_state(h) != "active":
+                with self.cond:
+                    h.cron_passed += 1
+                continue
+            if not h.cron_lock.acquire(blocking=False):
+                # the previous run is still going (cron would start another; flock-less scripts race)
+                log.info("cron on %s: skipped, the previous run is still going", h.id)
+                continue
+            # Counted here, in tick order, when it starts: a run is visible before it finishes, and
+            # once a tick has passed a disabled entry no run of an earlier tick can appear.
+            run = {"start": time.time(), "end": None, "rc": None}
+            with self.cond:
+                h.cron_runs.append(run)
+                del h.cron_runs[:-200]
+            try:
+                threading.Thread(target=self.cron_run, args=(h, run), daemon=True).start()
+            except RuntimeError:
+                h.cron_lock.release()
+                raise
+
+    def cron_run(self, host, run):
+        """Runs the updater once; the caller holds `host.cron_lock`, released here."""
+        try:
+            start = run["start"]
+            updater = os.path.join(host.sandbox, "usr/local/bin/molecule-auto-update.sh")
+            with self.cond:
+                if host.removed:
+                    return
+                try:
+                    p = subprocess.Popen(["/bin/bash", updater], cwd=host.sandbox, env=host.env(),
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
+                except OSError:
+                    p = None
+                host.cron_proc = p
+            try:
+                rc = p.wait(timeout=120) if p else -1
+            except subprocess.TimeoutExpired:
+                kill_group(p.pid)
                 rc = -1
             with self.cond:
+                host.cron_proc = None
                 run.update(end=time.time(), rc=rc)
-            log.info("cron on %s: molecule-auto-update.sh -> %s", host.id, rc)
+            log.info("cron on %s: molecule-auto-update.sh -> %s in %.1fs", host.id, rc, time.time() - start)
         finally:
             host.cron_lock.release()
 
@@ -788,6 +817,10 @@ echo "$(ts) updated $cur -> $new" >> "$LOG"
                 for inv in c.invocations.values():
                     if inv.proc is not None:
                         kill_group(inv.proc.pid)
+            # A cron run in flight would start the legacy container again after the kill below.
+            for h in hosts:
+                if h.cron_proc is not None:
+                    kill_group(h.cron_proc.pid)
             self.cond.notify_all()
         for h in hosts:
             kill_host_containers(h.sandbox)

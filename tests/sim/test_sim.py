@@ -149,8 +149,11 @@ def bed(tmp_path_factory):
 
 
 def kill_under(path):
-    """SIGKILLs every process whose command line names `path`, until none is left."""
+    """SIGKILLs every process whose command line names `path` or that runs in a directory under it
+    (the docker shim's restart supervisors: `docker __supervise <id>`, run from the host's docker
+    state), until none is left."""
     needle = path.encode()
+    root = os.path.realpath(path)
     for _ in range(50):
         pids = []
         for name in os.listdir("/proc"):
@@ -158,10 +161,12 @@ def kill_under(path):
                 continue
             try:
                 with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if needle in f.read():
-                        pids.append(int(name))
+                    named = needle in f.read()
+                cwd = os.readlink(f"/proc/{name}/cwd")
             except OSError:
                 continue
+            if named or cwd == root or cwd.startswith(root + os.sep):
+                pids.append(int(name))
         if not pids:
             return
         for pid in pids:
@@ -619,6 +624,16 @@ def host_info(bed, host):
         return json.loads(r.read())
 
 
+def cron_stays_idle(bed, host):
+    """The entry's time comes three times with the entry not active, and the updater never runs.
+    (Ticks are counted in order: once one has passed the entry, no run of an earlier tick appears.)"""
+    passed = host_info(bed, host)["cron"]["passed"]
+    wait_for(lambda: host_info(bed, host)["cron"]["passed"] >= passed + 1, timeout=60)
+    runs = host_info(bed, host)["cron"]["runs"]
+    wait_for(lambda: host_info(bed, host)["cron"]["passed"] >= passed + 3, timeout=60)
+    assert host_info(bed, host)["cron"]["runs"] == runs
+
+
 def test_legacy_cron_follows_latest_until_its_entry_is_disabled(bed):
     reg.push_image(bed.registry, "platform-tenant", "latest", {"sim.version": "legacy-1"})
     host = add_host(bed, org="cron-org", state="legacy", cron_interval_seconds=1,
@@ -650,10 +665,7 @@ def test_legacy_cron_follows_latest_until_its_entry_is_disabled(bed):
     with open(entry, "w") as f:
         f.write("# " + line)
     assert host_info(bed, host)["cron"]["entry"] == "disabled"
-    time.sleep(1.5)
-    runs = host_info(bed, host)["cron"]["runs"]
-    time.sleep(2.5)
-    assert host_info(bed, host)["cron"]["runs"] == runs
+    cron_stays_idle(bed, host)
     os.remove(entry)
     assert host_info(bed, host)["cron"]["entry"] == "absent"
 
@@ -734,9 +746,7 @@ def test_agent_inspects_adopts_and_releases_a_legacy_host(bed):
     for root, _, files in os.walk(os.path.join(host["sandbox"], "var/log")):
         for f in files:
             assert "t0p-s3cr3t" not in open(os.path.join(root, f), errors="replace").read(), f
-    runs = host_info(bed, host)["cron"]["runs"]
-    time.sleep(2.5)
-    assert host_info(bed, host)["cron"]["runs"] == runs
+    cron_stays_idle(bed, host)
     # again: harmless
     rep, _ = agent(bed, doc, host, "adopt", rev)
     assert rep["detail"] == "already-adopted"
@@ -757,7 +767,7 @@ def test_agent_inspects_adopts_and_releases_a_legacy_host(bed):
     assert rep["status"] == "ok" and rep["managed"] is False and rep["cron"] == "active", inv
     assert docker(bed, host, "inspect", "app-blue", check=False).returncode != 0  # renamed molecule-tenant
     runs = host_info(bed, host)["cron"]["runs"]
-    wait_for(lambda: host_info(bed, host)["cron"]["runs"] > runs, timeout=10)
+    wait_for(lambda: host_info(bed, host)["cron"]["runs"] > runs, timeout=60)
 
     def cron_took_over():  # the updater follows :latest again, as before the adoption
         code, body = http_get(f"http://{host['addr']}:8080/health")
