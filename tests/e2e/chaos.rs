@@ -144,21 +144,21 @@ impl Seen {
 
 /// One host command from the simulator's timeline.
 #[derive(Clone, Debug)]
-struct Cmd {
-    instance: String,
-    id: String,
-    action: String,
-    revision: String,
-    start: f64,
-    end: f64,
-    status: String,
+pub(crate) struct Cmd {
+    pub(crate) instance: String,
+    pub(crate) id: String,
+    pub(crate) action: String,
+    pub(crate) revision: String,
+    pub(crate) start: f64,
+    pub(crate) end: f64,
+    pub(crate) status: String,
 }
 
 fn param(p: &Value, name: &str) -> String {
     p[name][0].as_str().or(p[name].as_str()).unwrap_or("").to_string()
 }
 
-async fn commands(bed: &Bed) -> Vec<Cmd> {
+pub(crate) async fn commands(bed: &Bed) -> Vec<Cmd> {
     let t = bed.stack.timeline().await.unwrap();
     let mut out: Vec<Cmd> = t
         .as_array()
@@ -179,14 +179,14 @@ async fn commands(bed: &Bed) -> Vec<Cmd> {
 }
 
 /// Commands that change what a host runs.
-fn changes_the_host(c: &Cmd) -> bool {
+pub(crate) fn changes_the_host(c: &Cmd) -> bool {
     matches!(c.action.as_str(), "apply" | "switch" | "adopt" | "unadopt")
 }
 
 /// A host ran the same change again right after it had worked: the operator lost track of a
 /// command it sent. (A retry after a failed apply, or a return to an earlier revision after
 /// another one, are not doubles.)
-fn double_applies(cmds: &[Cmd]) -> Vec<String> {
+pub(crate) fn double_applies(cmds: &[Cmd]) -> Vec<String> {
     let mut last: BTreeMap<&str, &Cmd> = BTreeMap::new();
     let mut out = Vec::new();
     for c in cmds.iter().filter(|c| changes_the_host(c)) {

@@ -58,13 +58,17 @@ impl Bed {
 
     /// Starts the bed only, in a namespace of this name (it must not exist yet).
     pub async fn start_in(ns: &str) -> anyhow::Result<Bed> {
+        Bed::start_on(ControlPlane::shared().await.context("the control plane")?, ns).await
+    }
+
+    /// Starts the bed only, on a control plane of the test's own.
+    pub async fn start_on(cp: &'static ControlPlane, ns: &str) -> anyhow::Result<Bed> {
         tenant_operator::registry::install_crypto_provider();
         // Operator logs go to the test's output (shown for failing tests, or with --nocapture).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new("info,kube=warn,aws=warn"))
             .with_test_writer()
             .try_init();
-        let cp = ControlPlane::shared().await.context("the control plane")?;
         let operator_client = cp.operator_client().await.context("installing the operator (crds/, chart)")?;
         let client = cp.admin_client().await?;
         let stack = Stack::start().await.context("test bed stack")?;

@@ -3,6 +3,7 @@
 
 mod adopt;
 mod agent;
+mod apifaults;
 mod apply;
 mod bluegreen;
 mod budget;

@@ -40,7 +40,10 @@ pub struct ControlPlane {
     pub dir: PathBuf,
     /// How long the control plane took to answer `/readyz`, from the first process start.
     pub start_time: Duration,
-    children: Vec<Child>,
+    /// etcd, kube-apiserver, kube-controller-manager (the API server is replaced by a restart).
+    children: std::sync::Mutex<Vec<Child>>,
+    /// kube-apiserver's arguments, to start it again on the same port and etcd.
+    api_args: Vec<String>,
     operator: tokio::sync::OnceCell<String>,
 }
 
@@ -93,7 +96,8 @@ impl ControlPlane {
             admin_token,
             dir: dir.clone(),
             start_time: Duration::ZERO,
-            children: Vec::new(),
+            children: std::sync::Mutex::new(Vec::new()),
+            api_args: Vec::new(),
             operator: tokio::sync::OnceCell::new(),
         };
 
@@ -107,63 +111,40 @@ impl ControlPlane {
             .arg(format!("--advertise-client-urls={etcd_url}"))
             .arg("--listen-peer-urls=http://127.0.0.1:0")
             .arg("--quota-backend-bytes=8589934592");
-        cp.children.push(spawn(etcd, &dir, "etcd")?);
+        cp.children.get_mut().unwrap_or_else(|e| e.into_inner()).push(spawn(etcd, &dir, "etcd")?);
 
         let port = free_port()?;
         cp.url = format!("https://127.0.0.1:{port}");
         let p = |f: &str| pki.join(f).display().to_string();
-        let mut api = Command::new(bins.join("kube-apiserver"));
-        api.arg(format!("--etcd-servers={etcd_url}"))
-            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
-            .arg(format!("--secure-port={port}"))
-            .arg(format!("--cert-dir={}", dir.join("certs").display()))
-            .arg(format!("--tls-cert-file={}", p("apiserver.crt")))
-            .arg(format!("--tls-private-key-file={}", p("apiserver.key")))
-            .arg(format!("--client-ca-file={}", p("ca.crt")))
-            .arg(format!("--token-auth-file={}", p("tokens.csv")))
-            .arg("--authorization-mode=RBAC")
-            .arg(format!("--service-account-issuer=https://127.0.0.1:{port}"))
-            .arg(format!("--service-account-key-file={}", p("sa.key")))
-            .arg(format!("--service-account-signing-key-file={}", p("sa.key")))
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
-            .arg("--allow-privileged=true")
+        let api_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--token-auth-file={}", p("tokens.csv")),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-issuer=https://127.0.0.1:{port}"),
+            format!("--service-account-key-file={}", p("sa.key")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
             // A loopback advertise address cannot be the `kubernetes` Service endpoint.
-            .arg("--endpoint-reconciler-type=none")
-            .arg(format!("--audit-policy-file={}", dir.join("audit-policy.yaml").display()))
-            .arg(format!("--audit-log-path={}", dir.join("audit.log").display()))
-            .arg("--audit-log-format=json")
-            .arg("--audit-log-mode=batch")
-            .arg("--audit-log-batch-max-wait=1s")
-            .arg("--v=0");
-        cp.children.push(spawn(api, &dir, "kube-apiserver")?);
-
-        let http = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&cp.ca_pem)?)
-            .no_proxy()
-            .timeout(Duration::from_secs(5))
-            .build()?;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let ready = http
-                .get(format!("{}/readyz", cp.url))
-                .bearer_auth(&cp.admin_token)
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
-            if ready {
-                break;
-            }
-            for (child, name) in cp.children.iter_mut().zip(["etcd", "kube-apiserver"]) {
-                if let Ok(Some(status)) = child.try_wait() {
-                    bail!("{name} exited ({status}); see {}", dir.join(format!("{name}.log")).display());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("kube-apiserver not ready within 120 s; see {}", dir.join("kube-apiserver.log").display());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            "--endpoint-reconciler-type=none".into(),
+            format!("--audit-policy-file={}", dir.join("audit-policy.yaml").display()),
+            format!("--audit-log-path={}", dir.join("audit.log").display()),
+            "--audit-log-format=json".into(),
+            "--audit-log-mode=batch".into(),
+            "--audit-log-batch-max-wait=1s".into(),
+            "--v=0".into(),
+        ];
+        cp.api_args = api_args;
+        let api = cp.start_apiserver("kube-apiserver")?;
+        cp.children.get_mut().unwrap_or_else(|e| e.into_inner()).push(api);
+        cp.wait_ready(Duration::from_secs(120)).await?;
 
         let admin_kubeconfig = dir.join("admin.kubeconfig");
         cp.write_kubeconfig(&admin_kubeconfig)?;
@@ -181,9 +162,81 @@ impl ControlPlane {
             .args(["--bind-address=127.0.0.1", "--secure-port=0"])
             .arg("--concurrent-gc-syncs=5")
             .arg("--v=0");
-        cp.children.push(spawn(kcm, &dir, "kube-controller-manager")?);
+        cp.children.get_mut().unwrap_or_else(|e| e.into_inner()).push(spawn(kcm, &dir, "kube-controller-manager")?);
         cp.start_time = started.elapsed();
         Ok(cp)
+    }
+
+    fn start_apiserver(&self, log: &str) -> Result<Child> {
+        let mut api = Command::new(bin_dir().join("kube-apiserver"));
+        api.args(&self.api_args);
+        spawn(api, &self.dir, log)
+    }
+
+    /// Waits until `/readyz` answers, failing early if etcd or the API server exited.
+    async fn wait_ready(&self, within: Duration) -> Result<()> {
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem)?)
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let deadline = Instant::now() + within;
+        loop {
+            let ready = http
+                .get(format!("{}/readyz", self.url))
+                .bearer_auth(&self.admin_token)
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            {
+                let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+                for (child, name) in children.iter_mut().zip(["etcd", "kube-apiserver"]) {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        bail!("{name} exited ({status}); see the logs in {}", self.dir.display());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("kube-apiserver not ready within {within:?}; see the logs in {}", self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Kills kube-apiserver (SIGKILL, as a crashed or evicted one ends) and starts it again on
+    /// the same port, etcd and certificates; returns once it is ready, with how long it was gone.
+    /// (Only for a control plane of a test's own: every client of it loses the server meanwhile.)
+    pub async fn restart_apiserver(&self, restarts: u32) -> Result<Duration> {
+        let down = Instant::now();
+        {
+            let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+            let old = children.get_mut(1).context("no kube-apiserver")?;
+            old.kill()?;
+            old.wait()?;
+            let new = self.start_apiserver(&format!("kube-apiserver-{restarts}"))?;
+            children[1] = new;
+        }
+        self.wait_ready(Duration::from_secs(120)).await?;
+        Ok(down.elapsed())
+    }
+
+    /// Stops every process of this control plane (one a test started for itself; the shared one
+    /// lives as long as the test binary).
+    pub fn stop(&self) {
+        for child in self.children.lock().unwrap_or_else(|e| e.into_inner()).iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A client configuration authenticating with a bearer token (a ServiceAccount's).
+    pub async fn config_with_token(&self, token: &str) -> Result<kube::Config> {
+        let kubeconfig: kube::config::Kubeconfig = serde_json::from_str(&self.kubeconfig_with("token", token))?;
+        Ok(kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?)
     }
 
     /// A kubeconfig for a static user: `admin` or one of [`USERS`].
@@ -316,7 +369,7 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        for child in self.children.iter_mut().rev() {
+        for child in self.children.get_mut().unwrap_or_else(|e| e.into_inner()).iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
         }
