@@ -42,6 +42,28 @@ async fn cron_runs(bed: &Bed, id: &str) -> u64 {
     host_info(bed, id).await["cron"]["runs"].as_u64().unwrap()
 }
 
+/// The simulated cron's firings that found the entry not active (counted in order with the runs:
+/// once one is counted, no run of an earlier firing can appear).
+async fn cron_passed(bed: &Bed, id: &str) -> u64 {
+    host_info(bed, id).await["cron"]["passed"].as_u64().unwrap()
+}
+
+/// The entry's time comes three times and the updater never runs.
+async fn cron_stays_idle(bed: &Bed, id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let passed = cron_passed(bed, id).await;
+    while cron_passed(bed, id).await < passed + 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the simulated cron does not tick");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let runs = cron_runs(bed, id).await;
+    while cron_passed(bed, id).await < passed + 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the simulated cron does not tick");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cron_runs(bed, id).await, runs, "the cron fired after the adoption");
+}
+
 async fn cron_entry(bed: &Bed, id: &str) -> String {
     host_info(bed, id).await["cron"]["entry"].as_str().unwrap().to_string()
 }
@@ -125,14 +147,13 @@ async fn adoption_keeps_serving_disables_the_cron_and_the_next_digest_rolls_out_
     // The cron no longer fires, even when `:latest` moves.
     // The simulator sees no entry any more (the agent moved it aside; the host reports `disabled`).
     assert_eq!(cron_entry(&bed, &id).await, "absent");
-    let runs = cron_runs(&bed, &id).await;
     let latest = bed
         .stack
         .push_image("platform-tenant", "latest", &[("sim.health", "healthy"), ("sim.version", "moved")], false)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs_f64(CRON_SECONDS * 3.0)).await;
-    assert_eq!(cron_runs(&bed, &id).await, runs, "the cron fired after the adoption");
+    cron_stays_idle(&bed, &id).await;
+    let runs = cron_runs(&bed, &id).await;
     assert_eq!(container_id(&bed, &id, "molecule-tenant"), legacy);
 
     // A hand change after the adoption (someone re-runs the user-data with :latest) is drift: the

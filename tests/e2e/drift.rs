@@ -197,6 +197,9 @@ async fn deleting_a_tenant_removes_its_parameters_and_leaves_the_host_running() 
     bed.create::<Tenant>(tenant_json("delta", &id, json!({"container": {"env": [{"name": "A", "value": "1"}]}})))
         .await
         .unwrap();
+    // A witness beside it: its observes show the controllers still at work after the deletion.
+    let witness = launch_managed(&bed.stack, "witness", &[], HostState::Fresh).await.unwrap();
+    bed.create::<Tenant>(tenant_json("witness", &witness, json!({}))).await.unwrap();
     bed.wait_tenant("delta", Duration::from_secs(90), "Ready=True Converged", converged).await.unwrap();
     // A second revision, so more than one parameter exists.
     bed.tenants()
@@ -227,18 +230,25 @@ async fn deleting_a_tenant_removes_its_parameters_and_leaves_the_host_running() 
     let rest = crate::hostile::aws_cli(&bed, &["ssm", "get-parameter", "--name", "/tenant-operator/deltax"]);
     assert_eq!(rest["Parameter"]["Value"], "x");
 
-    // The host keeps serving, and nothing more is sent to it.
-    let sent = bed.stack.timeline().await.unwrap().as_array().unwrap().len();
-    let addr = bed.stack.host_addr(&id);
-    for _ in 0..6 {
-        assert_eq!(http_get(&addr, 8080, "/health").0, 200, "the host stopped serving");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    // The host keeps serving, and nothing more is sent to it while the witness is observed twice.
+    let of = |t: &Value, host: &str| -> usize {
+        t.as_array().unwrap().iter().filter(|r| r["instance_id"].as_str() == Some(host)).count()
+    };
+    let t = bed.stack.timeline().await.unwrap();
+    let (sent, witnessed) = (of(&t, &id), of(&t, &witness));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let t = bed.stack.timeline().await.unwrap();
+        if of(&t, &witness) >= witnessed + 2 {
+            assert_eq!(of(&t, &id), sent, "commands after deletion: {t}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the witness was not observed twice: {t}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    assert_eq!(http_get(&bed.stack.host_addr(&id), 8080, "/health").0, 200, "the host stopped serving");
     let (_, label, _) = slot_container(&bed, &id, "blue").unwrap();
     assert_eq!(label, digest);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let later = bed.stack.timeline().await.unwrap();
-    assert_eq!(later.as_array().unwrap().len(), sent, "commands after deletion: {later}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -359,7 +359,7 @@ async fn the_newer_of_two_tenants_claiming_one_instance_is_stalled_and_never_sen
     assert!(msg.contains("older"), "{msg}");
     bed.wait_tenant("older", Duration::from_secs(90), "Ready=True Converged", converged).await.unwrap();
     // A few observe cycles more, with both reconciling.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    bed.reconciled_again("tenant", bed.reconciles("tenant"), 6).await;
     let t = bed.tenants().get("newer").await.unwrap();
     assert_eq!(cond(&t, "Stalled"), Some(("True".into(), "InstanceClaimed".into())));
     let st = t.status.clone().unwrap_or_default();

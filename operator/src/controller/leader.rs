@@ -115,6 +115,8 @@ where
     if tokio::time::timeout(drain, &mut running).await.is_err() {
         warn!("the controllers did not stop in time; aborted");
         running.abort();
+        // Cancelled at its next await: once this returns, nothing of the controllers runs.
+        let _ = running.await;
     }
     match &outcome {
         Ok(()) => info!(identity = %lease.identity, "controllers stopped; releasing the lease"),
