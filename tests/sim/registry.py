@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Helpers for the real OCI registry (Debian's `docker-registry`, distribution 2.8) on loopback.
 
-    registry.py serve --port P --dir D        run a registry; prints `READY <port>` once /v2/ answers
+    registry.py serve --port P --dir D [--storage D2] [--htpasswd USER PASSWORD | --token-realm URL
+                      --token-cert PEM [--token-service S] [--token-issuer I]]
+                                              run a registry (serving D2's storage; with basic or
+                                              token auth); prints `READY <port>` once /v2/ answers
     registry.py push --registry 127.0.0.1:P --repo platform-tenant --tag T [--label k=v ...]
                      [--multiarch] [--version X]
                                               build and push a tiny image; prints its digest
@@ -196,9 +199,29 @@ def free_port(host="127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def write_config(port: int, directory: str) -> str:
-    os.makedirs(os.path.join(directory, "storage"), exist_ok=True)
+def write_config(port: int, directory: str, storage=None, auth=None) -> str:
+    """`auth`: None, {"htpasswd": path} or {"token": {"realm", "service", "issuer", "rootcertbundle"}}.
+    `storage`: another registry's directory to serve (default: this one's own)."""
+    storage = os.path.abspath(os.path.join(storage or directory, "storage"))
+    os.makedirs(storage, exist_ok=True)
+    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "config.yml")
+    auth_yaml = ""
+    if auth and "htpasswd" in auth:
+        auth_yaml = f"""auth:
+  htpasswd:
+    realm: test-registry
+    path: {json.dumps(os.path.abspath(auth["htpasswd"]))}
+"""
+    elif auth and "token" in auth:
+        t = auth["token"]
+        auth_yaml = f"""auth:
+  token:
+    realm: {json.dumps(t["realm"])}
+    service: {json.dumps(t["service"])}
+    issuer: {json.dumps(t["issuer"])}
+    rootcertbundle: {json.dumps(os.path.abspath(t["rootcertbundle"]))}
+"""
     with open(path, "w") as f:
         f.write(f"""version: 0.1
 log:
@@ -207,16 +230,23 @@ log:
     disabled: true
 storage:
   filesystem:
-    rootdirectory: {os.path.abspath(os.path.join(directory, 'storage'))}
+    rootdirectory: {storage}
   delete:
     enabled: true
   maintenance:
     uploadpurging:
       enabled: false
-http:
+{auth_yaml}http:
   addr: 127.0.0.1:{port}
 """)
     return path
+
+
+def write_htpasswd(path: str, user: str, password: str) -> None:
+    """An htpasswd file with one bcrypt entry (the only kind distribution accepts)."""
+    import bcrypt  # the test bed's venv (tests/sim/requirements.txt)
+    with open(path, "w") as f:
+        f.write(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()}\n")
 
 
 def wait_ready(registry: str, timeout: float = 20.0) -> bool:
@@ -224,7 +254,7 @@ def wait_ready(registry: str, timeout: float = 20.0) -> bool:
     while time.monotonic() < deadline:
         try:
             status, _, _ = _request("GET", f"http://{registry}/v2/", timeout=1)
-            if status == 200:
+            if status in (200, 401):  # 401: it answers, and wants credentials
                 return True
         except OSError:
             pass
@@ -232,11 +262,11 @@ def wait_ready(registry: str, timeout: float = 20.0) -> bool:
     return False
 
 
-def serve(port: int, directory: str) -> None:
+def serve(port: int, directory: str, storage=None, auth=None) -> None:
     """Becomes docker-registry (exec, same pid); a forked child prints READY once /v2/ answers."""
     if port == 0:
         port = free_port()
-    config = write_config(port, directory)
+    config = write_config(port, directory, storage, auth)
     child = os.fork()
     if child == 0:
         ok = wait_ready(f"127.0.0.1:{port}")
@@ -254,6 +284,12 @@ def main(argv=None) -> int:
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--dir", required=True)
+    s.add_argument("--storage", help="serve the storage of the registry in this directory")
+    s.add_argument("--htpasswd", nargs=2, metavar=("USER", "PASSWORD"), help="basic auth, one user")
+    s.add_argument("--token-realm", help="token auth: the realm's URL")
+    s.add_argument("--token-service", default="test-registry")
+    s.add_argument("--token-issuer", default="test-realm")
+    s.add_argument("--token-cert", help="token auth: the realm's certificate (PEM)")
     pu = sub.add_parser("push")
     pu.add_argument("--registry", required=True)
     pu.add_argument("--repo", default="platform-tenant")
@@ -274,7 +310,18 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         if a.cmd == "serve":
-            serve(a.port, a.dir)
+            auth = None
+            if a.htpasswd:
+                os.makedirs(a.dir, exist_ok=True)
+                path = os.path.join(a.dir, "htpasswd")
+                write_htpasswd(path, *a.htpasswd)
+                auth = {"htpasswd": path}
+            elif a.token_realm:
+                if not a.token_cert:
+                    p.error("--token-realm needs --token-cert")
+                auth = {"token": {"realm": a.token_realm, "service": a.token_service, "issuer": a.token_issuer,
+                                  "rootcertbundle": a.token_cert}}
+            serve(a.port, a.dir, a.storage, auth)
         elif a.cmd == "push":
             labels = {}
             for kv in a.label:

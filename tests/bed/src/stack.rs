@@ -313,12 +313,65 @@ impl Stack {
         Ok(())
     }
 
+    /// Another docker-registry serving this stack's registry storage (what is pushed to
+    /// [`Stack::registry`] is there too) behind basic auth: one user, bcrypt htpasswd.
+    pub async fn basic_auth_registry(&self, user: &str, password: &str) -> Result<Served> {
+        self.serve_py("registry.py", "basic-registry", &["serve", "--port", "0", "--htpasswd", user, password], true)
+            .await
+    }
+
+    /// Another docker-registry serving this stack's registry storage behind token auth: tokens
+    /// from `realm` (its URL, any host), trusted by `realm_cert` (PEM).
+    pub async fn token_auth_registry(&self, realm: &str, realm_cert: &Path) -> Result<Served> {
+        let cert = realm_cert.display().to_string();
+        let args = ["serve", "--port", "0", "--token-realm", realm, "--token-cert", &cert];
+        self.serve_py("registry.py", "token-registry", &args, true).await
+    }
+
+    /// A token realm (`tests/sim/tokenrealm.py realm`) that gives tokens to `user`/`password`; its
+    /// certificate is `<dir>/realm.crt`, what it was asked in [`Served::requests`].
+    pub async fn token_realm(&self, user: &str, password: &str) -> Result<Served> {
+        let args =
+            ["realm", "--user", user, "--password", password, "--service", "test-registry", "--issuer", "test-realm"];
+        self.serve_py("tokenrealm.py", "token-realm", &args, false).await
+    }
+
+    /// A listener that answers everything 401 and records who called ([`Served::requests`]).
+    pub async fn trap(&self) -> Result<Served> {
+        self.serve_py("tokenrealm.py", "trap", &["trap"], false).await
+    }
+
+    async fn serve_py(&self, script: &str, name: &str, args: &[&str], storage: bool) -> Result<Served> {
+        let n = self.next_host.fetch_add(1, Ordering::SeqCst);
+        let dir = self.workdir.join(format!("{name}-{n}"));
+        fs::create_dir_all(&dir)?;
+        let mut cmd = Command::new(venv_bin("python"));
+        cmd.arg(repo_root().join("tests/sim").join(script)).args(args).arg("--dir").arg(&dir);
+        if storage {
+            cmd.arg("--storage").arg(self.workdir.join("registry"));
+        }
+        let mut child = spawn_logged_piped(cmd, &self.workdir, &format!("{name}-{n}"))?;
+        let port = wait_ready(&mut child, &self.workdir, &format!("{name}-{n}")).await?;
+        Ok(Served { addr: format!("127.0.0.1:{port}"), dir, _child: child })
+    }
+
     pub async fn set_fault(&self, instance: &str, fault: Value) -> Result<()> {
         self.sim_post(&format!("/_sim/hosts/{instance}/faults"), fault).await.map(|_| ())
     }
 
     /// Every invocation so far: instance, command id, comment, document version, parameters,
     /// requested/start/end (epoch seconds), status, status details.
+    /// GETs a simulator control path (`/_sim/...`) and returns its JSON.
+    pub async fn sim_get(&self, path: &str) -> Result<Value> {
+        let res = self.http.get(format!("{}{path}", self.ssm_url)).send().await?;
+        let status = res.status();
+        let body: Value = res.json().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
     pub async fn timeline(&self) -> Result<Value> {
         let resp =
             self.http.get(format!("{}/_sim/timeline", self.ssm_url)).send().await.context("GET /_sim/timeline")?;
@@ -398,6 +451,24 @@ impl Stack {
             bail!("moto EC2 {status}: {text}");
         }
         Ok(text)
+    }
+}
+
+/// A server the test bed started for one test; stopped when dropped.
+pub struct Served {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its directory (a token realm's certificate: `realm.crt`).
+    pub dir: PathBuf,
+    _child: Child,
+}
+
+impl Served {
+    /// The requests a token realm or a trap received, oldest first: `method`, `path`, `query`,
+    /// `authorization` (the scheme only, or null), `credentials_ok` (a realm's verdict).
+    pub fn requests(&self) -> Vec<Value> {
+        let text = fs::read_to_string(self.dir.join("requests.jsonl")).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 }
 
