@@ -115,7 +115,11 @@ impl Bed {
 
     /// Starts the controllers (again, after `stop_controllers`, to simulate a restart).
     pub async fn start_controllers(&mut self, settings: Settings) {
-        let aws = testbed::demo::sdk_for(&self.stack).await;
+        // As `run` does: every AWS call counted in the metrics (calls, errors by class).
+        let aws = tenant_operator::aws::counting::Counting::new(
+            testbed::demo::sdk_for(&self.stack).await,
+            Some(self.metrics.clone()),
+        );
         let ctx = Arc::new(self.context(Arc::new(aws), settings, self.metrics.clone()));
         let (tx, rx) = tokio::sync::watch::channel(false);
         self.ctx = Some(ctx.clone());

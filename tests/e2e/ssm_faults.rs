@@ -7,6 +7,9 @@
 //! - one the host ran and that did not end in a readable success counts against `maxErrors`, with
 //!   its own reason, and the tenant goes back to what it ran;
 //! - the rollout completes within its budget (`maxErrors: 3`, three counted).
+//!
+//! And a throttling storm: every SSM call of the account refused with ThrottlingException, many in
+//! a row, as a rollout starts. It slows the rollout and fails nothing.
 
 use crate::apply::tenant_json;
 use crate::harness::Bed;
@@ -125,4 +128,67 @@ async fn each_ssm_fault_ends_in_its_own_reason_and_only_what_ran_counts_against_
         assert_eq!(lost.len(), 1, "{name}: {of_host:?}");
         assert!(lost[0]["start"].is_null(), "{name}: the command started: {:?}", lost[0]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_storm_slows_the_rollout_and_fails_nothing() {
+    let bed = Bed::start().await.unwrap();
+    let log = TenantLog::start(&bed);
+    let v1 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "1")], false).await.unwrap();
+    follow_tag(&bed, "staging", "staging").await;
+    policy(
+        &bed,
+        "p",
+        json!({"maxConcurrency": 3, "maxErrors": 0, "stagger": "0s", "canary": {"minCanaries": 0, "soak": "0s"}}),
+    )
+    .await;
+    let names = ["s-1", "s-2", "s-3", "s-4", "s-5", "s-6"];
+    let mut ids = BTreeMap::new();
+    for name in names {
+        let id = launch_managed(&bed.stack, name, &[], HostState::Fresh).await.unwrap();
+        bed.create::<Tenant>(tenant_json(name, &id, json!({"rolloutPolicy": "p", "tier": "production"})))
+            .await
+            .unwrap();
+        ids.insert(name, id);
+    }
+    all_on(&bed, &names, &v1, Duration::from_secs(300)).await;
+    let throttled = |bed: &Bed| {
+        let text = bed.metrics.encode();
+        text.lines()
+            .filter(|l| l.starts_with("tenant_operator_aws_call_errors_total{") && l.contains("error=\"throttled\""))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let before = throttled(&bed);
+
+    // The storm: the next 60 SSM calls of the account, whoever makes them, are throttled.
+    let v2 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "2")], false).await.unwrap();
+    bed.stack.sim_post("/_sim/faults", json!({"throttle_next": 60})).await.unwrap();
+    let p = wait_policy(&bed, "p", "the rollout of v2 complete", Duration::from_secs(900), |p| {
+        record(p, "staging").is_some_and(|r| r.digest == v2 && r.phase == "Complete")
+    })
+    .await;
+    all_on(&bed, &names, &v2, Duration::from_secs(300)).await;
+    let left = bed.stack.sim_get("/_sim/faults").await.unwrap();
+    assert_eq!(left["throttle_next"], 0, "the storm was not used up: {left}");
+
+    // Nothing failed: no budget spent, no failed apply, no tenant ever stalled or failed by it.
+    let r = record(&p, "staging").unwrap();
+    assert!(r.failed_tenants.is_empty() && r.production.failed == 0, "{r:?}");
+    for name in names {
+        let history = bed.tenants().get(name).await.unwrap().status.unwrap_or_default().history;
+        assert!(history.iter().all(|h| h.result == "Succeeded"), "{name}: {history:?}");
+        for (type_, status, reason) in log.conditions(name) {
+            assert!(!(type_ == "Stalled" && status == "True"), "{name} stalled: {reason}");
+            assert!(!reason.contains("Throttl") && !reason.contains("Failed"), "{name}: {type_}={status} {reason}");
+        }
+    }
+    // One apply of v2 per host: a throttled call is tried again, never sent twice.
+    let cmds = crate::chaos::commands(&bed).await;
+    for (name, id) in &ids {
+        let applies = cmds.iter().filter(|c| &c.instance == id && c.action == "apply").count();
+        assert_eq!(applies, 2, "{name}: one apply of v1, one of v2");
+    }
+    // The metrics say what happened.
+    assert!(throttled(&bed) > before, "{}", bed.metrics.encode());
 }
