@@ -1180,6 +1180,7 @@ pub fn default_policy() -> RolloutPolicySpec {
         keep_previous_slot_seconds: 600,
         max_concurrency: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1),
         stagger: crate::crd::Duration::from_secs(30),
+        first_placement: Default::default(),
         canary: Default::default(),
         health_check: Default::default(),
         smoke_checks: Vec::new(),

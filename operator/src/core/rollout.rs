@@ -13,7 +13,7 @@
 //! `maxErrors`; over budget the rollout halts and nothing else moves. A newer digest in the channel
 //! supersedes the rollout, halted or not.
 
-use crate::crd::{RolloutPolicySpec, RolloutStatus, Tier, TierProgress};
+use crate::crd::{FirstPlacement, RolloutPolicySpec, RolloutStatus, Tier, TierProgress};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::time::Duration;
@@ -356,14 +356,25 @@ pub fn step(input: &Input<'_>) -> Output {
         }
     }
 
-    // Tenants new to the channel run what completed last (or this digest, if nothing did yet).
-    for t in input.tenants.iter().filter(|t| t.target.is_none()) {
-        let digest = match (&r.stable_digest, r.phase.as_str()) {
-            (Some(s), p) if p != phase::COMPLETE && p != phase::EMERGENCY => s.clone(),
-            _ => d.clone(),
-        };
-        out.admit.push((t.name.clone(), digest));
+    // Tenants new to the channel run what completed last (or this digest, if nothing did yet),
+    // per tier at most `maxConcurrency` placing at once (unless the policy places all at once).
+    let first = match (&r.stable_digest, r.phase.as_str()) {
+        (Some(s), p) if p != phase::COMPLETE && p != phase::EMERGENCY => s.clone(),
+        _ => d.clone(),
+    };
+    for name in first_placements(spec, input.tenants) {
+        out.admit.push((name, first.clone()));
     }
+    // Tenants still waiting for their first image (after this step's placements).
+    let unplaced = |tier: Tier| {
+        let placed: std::collections::BTreeSet<&str> = out.admit.iter().map(|(n, _)| n.as_str()).collect();
+        input
+            .tenants
+            .iter()
+            .filter(|t| t.tier == tier && t.target.is_none() && !placed.contains(t.name.as_str()))
+            .count()
+    };
+    let (unplaced_canaries, unplaced_prods) = (unplaced(Tier::Canary), unplaced(Tier::Production));
 
     if r.phase == phase::EMERGENCY {
         // Every tier, at once (again after a restart that lost the first writes).
@@ -409,8 +420,11 @@ pub fn step(input: &Input<'_>) -> Output {
         }
         let verified: Vec<String> =
             canaries.iter().filter(|t| on_d(t) && t.state == State::Verified).map(|t| t.name.clone()).collect();
-        let all_done = waiting.is_empty() && moving == 0;
-        if canaries.len() < min {
+        let all_done = waiting.is_empty() && moving == 0 && unplaced_canaries == 0;
+        // Canaries placed for the first time are canaries too (they get this digest, or the
+        // stable one and then this one).
+        let first_placed = input.tenants.iter().filter(|t| t.tier == Tier::Canary && t.target.is_none()).count();
+        if canaries.len() + first_placed < min {
             if spec.canary.allow_skip {
                 if all_done {
                     r.phase = phase::PRODUCTION.into();
@@ -423,10 +437,15 @@ pub fn step(input: &Input<'_>) -> Output {
                         ),
                     );
                 }
-            } else if input.tenants.iter().all(|t| on_d(t) || failed(t)) && all_done {
-                // Nobody is left to hold back (a new fleet admitted at once): nothing to gate.
-                r.phase = phase::COMPLETE.into();
-                r.stable_digest = Some(d.clone());
+            } else if input.tenants.iter().all(|t| on_d(t) || failed(t) || (t.target.is_none() && first == d)) {
+                // Nobody is held back (a new fleet, placed on this digest): nothing to gate.
+                if all_done && unplaced_prods == 0 && prods.iter().all(|t| t.state != State::Moving) {
+                    r.phase = phase::COMPLETE.into();
+                    r.stable_digest = Some(d.clone());
+                } else {
+                    r.phase = phase::CANARY.into();
+                    r.message = Some(format!("placing a new fleet on {d}"));
+                }
             } else {
                 r.phase = phase::WAITING_FOR_CANARIES.into();
                 r.message = Some(format!(
@@ -494,10 +513,10 @@ pub fn step(input: &Input<'_>) -> Output {
         let mut waiting: Vec<&&TenantView> = prods.iter().filter(|t| !on_d(t)).collect();
         waiting.sort_by(|a, b| a.name.cmp(&b.name));
         if moving.is_empty() {
-            if waiting.is_empty() {
+            if waiting.is_empty() && unplaced_prods == 0 {
                 r.phase = phase::COMPLETE.into();
                 r.stable_digest = Some(d.clone());
-            } else {
+            } else if !waiting.is_empty() {
                 if r.last_batch_at.is_some() && r.batch_done_at.is_none() {
                     r.batch_done_at = Some(now_s.clone());
                 }
@@ -526,6 +545,27 @@ pub fn step(input: &Input<'_>) -> Output {
     }
 
     finish(&mut r, input, &before, &mut out);
+    out
+}
+
+/// The tenants without a target that get their first image now, by name: per tier, as many as
+/// `maxConcurrency` (of the whole tier) leaves room for beside the tier's tenants still moving;
+/// with `firstPlacement: AllAtOnce`, all.
+pub fn first_placements(spec: &RolloutPolicySpec, tenants: &[TenantView]) -> Vec<String> {
+    let mut out = Vec::new();
+    for tier in [Tier::Canary, Tier::Production] {
+        let of_tier: Vec<&TenantView> = tenants.iter().filter(|t| t.tier == tier).collect();
+        let mut new: Vec<&str> = of_tier.iter().filter(|t| t.target.is_none()).map(|t| t.name.as_str()).collect();
+        new.sort_unstable();
+        let room = match spec.first_placement {
+            FirstPlacement::AllAtOnce => new.len(),
+            FirstPlacement::Batched => {
+                let moving = of_tier.iter().filter(|t| t.target.is_some() && t.state == State::Moving).count();
+                batch_size(&spec.max_concurrency, of_tier.len()).saturating_sub(moving)
+            }
+        };
+        out.extend(new.into_iter().take(room).map(str::to_string));
+    }
     out
 }
 
@@ -1054,21 +1094,85 @@ mod tests {
         assert_eq!(out.admit, vec![("p0".to_string(), D2.to_string())]);
     }
 
+    /// A fleet whose tenants have no target yet (just created).
+    fn new_fleet(spec: serde_json::Value, canaries: usize, prods: usize) -> Fleet {
+        let mut tenants = Vec::new();
+        for i in 0..canaries {
+            tenants.push(t(&format!("c{i}"), Tier::Canary, None, State::Moving));
+        }
+        for i in 0..prods {
+            tenants.push(t(&format!("p{i:02}"), Tier::Production, None, State::Moving));
+        }
+        Fleet { spec: policy(spec), tenants, record: None, failing: vec![], now: 0, log: vec![] }
+    }
+
+    /// Steps a new fleet until every tenant runs `digest` verified; returns the most canaries and
+    /// production tenants placing at once.
+    fn place(f: &mut Fleet, digest: &str) -> (usize, usize) {
+        let mut widest = (0, 0);
+        for _ in 0..100 {
+            f.step(Some(digest), &Requests::default());
+            let placing = |tier: Tier| {
+                f.tenants.iter().filter(|t| t.tier == tier && t.target.is_some() && t.state == State::Moving).count()
+            };
+            widest = (widest.0.max(placing(Tier::Canary)), widest.1.max(placing(Tier::Production)));
+            let all = f.tenants.iter().all(|t| t.target.as_deref() == Some(digest) && t.state == State::Verified);
+            if all && f.phase() == phase::COMPLETE {
+                return widest;
+            }
+            f.settle();
+            f.now += 1;
+        }
+        panic!("never placed: {:?} {:?}", f.record, f.tenants);
+    }
+
     #[test]
-    fn the_first_rollout_of_a_new_fleet_admits_everyone_at_once() {
-        let spec = policy(serde_json::json!({}));
-        let tenants = vec![t("c0", Tier::Canary, None, State::Moving), t("p0", Tier::Production, None, State::Moving)];
-        let out = step(&Input {
-            policy: "p",
-            spec: &spec,
-            channel: "staging",
-            channel_digest: Some(D1),
-            promoted: false,
-            record: None,
-            tenants: &tenants,
-            requests: &Requests::default(),
-            now: at(0),
-        });
-        assert_eq!(out.admit.len(), 2);
+    fn a_new_fleet_is_placed_at_most_max_concurrency_of_a_tier_at_a_time() {
+        let mut f =
+            new_fleet(serde_json::json!({"maxConcurrency": "25%", "canary": {"minCanaries": 1, "soak": "0s"}}), 2, 8);
+        // 25% of 2 canaries rounds up to 1; of 8 production tenants, 2.
+        assert_eq!(place(&mut f, D1), (1, 2));
+        assert!(!f.reasons().contains(&"NoCanaries"), "{:?}", f.reasons());
+        assert_eq!(f.record.as_ref().unwrap().stable_digest.as_deref(), Some(D1));
+
+        // No canaries at all: nothing to gate, placed in batches all the same, no warning.
+        let mut f = new_fleet(serde_json::json!({"maxConcurrency": 3}), 0, 7);
+        assert_eq!(place(&mut f, D1), (0, 3));
+        assert!(!f.reasons().contains(&"NoCanaries"), "{:?}", f.reasons());
+    }
+
+    #[test]
+    fn all_at_once_places_a_new_fleet_in_one_step() {
+        let mut f = new_fleet(
+            serde_json::json!({"maxConcurrency": 1, "firstPlacement": "AllAtOnce", "canary": {"soak": "0s"}}),
+            1,
+            6,
+        );
+        let out = f.step(Some(D1), &Requests::default());
+        assert_eq!(out.admit.len(), 7);
+        assert_eq!(place(&mut f, D1), (1, 6));
+    }
+
+    #[test]
+    fn a_tenant_created_during_a_rollout_waits_for_room_in_its_tier() {
+        let spec =
+            serde_json::json!({"maxConcurrency": 2, "stagger": "0s", "canary": {"minCanaries": 0, "soak": "0s"}});
+        let mut f = Fleet::new(spec, 0, 4, D1);
+        f.step(Some(D2), &Requests::default());
+        f.step(Some(D2), &Requests::default());
+        assert_eq!(f.moving(), 2, "a production batch is moving");
+        f.tenants.push(t("p-new", Tier::Production, None, State::Moving));
+        let out = f.step(Some(D2), &Requests::default());
+        assert!(!out.admit.iter().any(|(n, _)| n == "p-new"), "placed beside a full batch: {:?}", out.admit);
+        f.settle();
+        let out = f.step(Some(D2), &Requests::default());
+        // Room again: it gets what completed last, and then the rollout's digest like the rest.
+        assert!(out.admit.contains(&("p-new".to_string(), D1.to_string())), "{:?}", out.admit);
+        for _ in 0..10 {
+            f.settle();
+            f.step(Some(D2), &Requests::default());
+        }
+        assert_eq!(f.phase(), phase::COMPLETE);
+        assert!(f.on(D2).contains(&"p-new".to_string()));
     }
 }

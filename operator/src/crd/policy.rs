@@ -43,6 +43,12 @@ pub struct RolloutPolicySpec {
     #[serde(default = "default_stagger")]
     pub stagger: Duration,
 
+    /// How tenants new to a channel (no target yet: a new fleet, a tenant just created) get their
+    /// first image: `Batched` (at most `maxConcurrency` of a tier placing at once, in the tier's
+    /// spare capacity) or `AllAtOnce`.
+    #[serde(default)]
+    pub first_placement: FirstPlacement,
+
     /// The canary gate.
     #[serde(default)]
     pub canary: CanaryGate,
@@ -97,6 +103,17 @@ fn int_or_percent_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema 
             "message": "must be a count of at least 1 or a percentage from 1% to 100%"
         }]
     })
+}
+
+/// How tenants without a target get their first image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FirstPlacement {
+    /// At most `maxConcurrency` of a tier placing at once (counting the tier's tenants already
+    /// moving): a new fleet never pulls all at once.
+    #[default]
+    Batched,
+    /// Every new tenant at once.
+    AllAtOnce,
 }
 
 /// Rollout strategy.
