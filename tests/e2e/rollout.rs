@@ -334,6 +334,24 @@ async fn a_moved_tag_moves_canaries_first_then_production_in_bounded_batches_and
     assert!(event_reasons(&bed, "stable").await.iter().any(|e| e.0 == "Promoted"));
     let ready = pcond(&p, "Ready").unwrap();
     assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", "RolloutsComplete"));
+
+    // Events stay meaningful: at most 3 per tenant for the rollout of v2 (a repeat counts too).
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(bed.client.clone(), &bed.ns);
+    let events = events.list(&ListParams::default()).await.unwrap().items;
+    for name in &staging {
+        let of: Vec<(String, i32)> = events
+            .iter()
+            .filter(|e| {
+                let about = e.regarding.as_ref();
+                about.and_then(|r| r.kind.as_deref()) == Some("Tenant")
+                    && about.and_then(|r| r.name.as_deref()) == Some(*name)
+                    && e.event_time.as_ref().is_some_and(|t| t.0.as_millisecond() as f64 / 1000.0 >= moved_at)
+            })
+            .map(|e| (e.reason.clone().unwrap_or_default(), e.series.as_ref().map_or(1, |s| s.count)))
+            .collect();
+        let count: i32 = of.iter().map(|e| e.1).sum();
+        assert!(count <= 3, "{name}: {count} events for one rollout: {of:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

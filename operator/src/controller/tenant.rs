@@ -1049,7 +1049,13 @@ impl Tenant {
         let before = self.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
         status.conditions = conditions::merge(&status.conditions, conds, generation, &Time(*now));
         status.observed_generation = generation;
-        let changes = conditions::changed(&before, &status.conditions);
+        let changes: Vec<(String, String, String)> = conditions::changed(&before, &status.conditions)
+            .into_iter()
+            .filter(|(type_, st, _)| {
+                let was = conditions::find(&before, type_).map(|c| c.status.as_str());
+                crate::core::tenant::worth_an_event(type_, was, st)
+            })
+            .collect();
         let ns = self.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
         let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &ns);
         let mut body = serde_json::to_value(&status)?;

@@ -114,6 +114,26 @@ pub fn serving(obs: &HostObservation) -> Option<(Slot, &crate::crd::SlotObservat
     Some((slot, s))
 }
 
+/// Which condition changes of a Tenant are worth a Kubernetes event: people read them in
+/// `kubectl describe`, and at 10,000 tenants each one is an API write. A rollout that goes well
+/// is two events per tenant (`Ready` turns False as the apply starts, True when it is verified); a
+/// failure adds `Stalled=True`. Reasons that change under the same status (progress) and the
+/// conditions that mirror `Ready` (`Reconciling`, `ImageUpToDate`, `SecretsSynced`) stay in the
+/// status only.
+///
+/// `before` is the condition's status before the change (`None`: it is new), `after` after it.
+pub fn worth_an_event(type_: &str, before: Option<&str>, after: &str) -> bool {
+    use crate::crd::condition as ct;
+    match type_ {
+        ct::READY => before != Some(after),
+        // New: only in the state that needs someone (a stall, an unreachable instance); afterwards
+        // every flip, the way back included.
+        ct::STALLED | ct::ADOPTED => before.map_or(after == "True", |b| b != after),
+        ct::INSTANCE_REACHABLE => before.map_or(after == "False", |b| b != after),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +238,33 @@ mod tests {
         t.env_revision = Some("e1".into());
         t.digest = "sha256:bb".into();
         assert!(!runs_target(&o, &t));
+    }
+
+    #[test]
+    fn a_rollout_that_goes_well_is_two_events_and_progress_is_none() {
+        // (type, before, after) over one apply, as the tenant controller writes them.
+        let rollout = [
+            ("Ready", Some("True"), "False"),         // Converged -> Progressing
+            ("Reconciling", Some("False"), "True"),   // mirror
+            ("ImageUpToDate", Some("True"), "False"), // mirror
+            ("Stalled", Some("False"), "False"),      // Converged -> Applying: a reason change
+            ("Ready", Some("False"), "False"),        // Progressing -> Applying: a reason change
+            ("Ready", Some("False"), "True"),         // Converged
+            ("Reconciling", Some("True"), "False"),
+            ("ImageUpToDate", Some("False"), "True"),
+            ("Stalled", Some("False"), "False"),
+        ];
+        let events = rollout.iter().filter(|(t, b, a)| worth_an_event(t, *b, a)).count();
+        assert_eq!(events, 2);
+        // A failure says so; a new tenant gets one event, and more only for what needs someone.
+        assert!(worth_an_event("Stalled", Some("False"), "True"));
+        assert!(worth_an_event("Stalled", Some("True"), "False"));
+        assert!(worth_an_event("Ready", None, "False"));
+        assert!(!worth_an_event("Stalled", None, "False"));
+        assert!(worth_an_event("Stalled", None, "True"));
+        assert!(!worth_an_event("InstanceReachable", None, "True"));
+        assert!(worth_an_event("InstanceReachable", None, "False"));
+        assert!(worth_an_event("InstanceReachable", Some("False"), "True"));
+        assert!(!worth_an_event("SecretsSynced", Some("True"), "False"));
     }
 }
