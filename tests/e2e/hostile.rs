@@ -273,8 +273,21 @@ async fn hostile_env_values_arrive_byte_for_byte_and_nothing_executes_or_resolve
         assert!(!contains(v, resolved.as_bytes()), "{k} was resolved from Parameter Store");
     }
 
-    // Nothing executed: no marker anywhere (the real /tmp, the whole test bed, the host sandbox).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing executed: no marker anywhere (the real /tmp, the whole test bed, the host sandbox),
+    // once the agent has run on the host once more after the apply (an observe).
+    let finished = |t: &Value| {
+        t.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["instance_id"].as_str() == Some(id.as_str()) && !r["end"].is_null())
+            .count()
+    };
+    let ran = finished(&bed.stack.timeline().await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while finished(&bed.stack.timeline().await.unwrap()) <= ran {
+        assert!(tokio::time::Instant::now() < deadline, "the host was not observed again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let tmp_hits: Vec<_> = std::fs::read_dir("/tmp")
         .unwrap()
         .flatten()

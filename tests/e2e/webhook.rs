@@ -106,7 +106,8 @@ async fn webhook_triggers_a_resolve_within_a_second_and_refuses_bad_tokens() {
     assert_eq!(call(url(&bed.ns, "hooked"), bearer(TOKEN), vec![b'x'; 64 * 1024 + 1]).await, 413);
     // A GET is not the webhook.
     assert_eq!(http.get(url(&bed.ns, "hooked")).send().await.unwrap().status().as_u16(), 405);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Each refusal was answered after the handler ended: an accepted call writes the request
+    // annotation before it answers 202, so nothing of a refused one can land later.
     assert_eq!(channel_digest(&api, "hooked").await, Some(v1.clone()), "a refused call changed the channel");
     assert_eq!(channel_digest(&api, "plain").await, Some(v1.clone()));
     let c = api.get("hooked").await.unwrap();

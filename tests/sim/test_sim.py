@@ -562,7 +562,10 @@ def test_agent_offline_then_back_and_delivery_timeout(bed):
     assert info[0]["PingStatus"] == "ConnectionLost"
     name = make_doc(bed, ["echo delivered"])
     cid = bed.ssm.send_command(DocumentName=name, InstanceIds=[iid], TimeoutSeconds=60)["Command"]["CommandId"]
-    time.sleep(0.5)
+    # A witness online beside it runs the same document through to the end; the offline one has not.
+    witness = add_host(bed, org="witness")["instance_id"]
+    wcid = bed.ssm.send_command(DocumentName=name, InstanceIds=[witness], TimeoutSeconds=60)["Command"]["CommandId"]
+    assert wait_invocation(bed, wcid, witness)["Status"] == "Success"
     assert bed.ssm.get_command_invocation(CommandId=cid, InstanceId=iid)["Status"] == "Pending"
     post_json(f"{bed.sim_url}/_sim/hosts/{iid}/faults", {"agent_offline": False})
     inv = wait_invocation(bed, cid, iid)
