@@ -45,7 +45,7 @@ const IP_MAX: usize = 2;
 /// How long any one step may take under kills before the test says where it stuck.
 const STEP: Duration = Duration::from_secs(420);
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
         Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,

@@ -35,6 +35,10 @@ pub(crate) struct Operator {
     /// The lease identity prefix (`--pod-name`).
     pod: String,
     link: Partition,
+    /// Where its `/metrics` answers (`127.0.0.1:PORT`).
+    pub(crate) metrics_addr: String,
+    /// Where its registry webhook listens (`127.0.0.1:PORT`).
+    pub(crate) webhook_addr: String,
 }
 
 impl Operator {
@@ -107,13 +111,14 @@ pub(crate) async fn spawn_with(bed: &Spec, dir: &Path, pod: &str, extra: &[&str]
     std::fs::write(&key, b"e2e-failover-key").unwrap();
     let log = dir.join(format!("{pod}.log"));
     let free = || format!("127.0.0.1:{}", testbed::stack::free_port().unwrap());
+    let (metrics_addr, webhook_addr) = (free(), free());
     let (marker, run_id) = testbed::warden::env().unwrap();
     let child = tokio::process::Command::new(binary())
         .arg("run")
         .args(["--hmac-key-file", key.to_str().unwrap(), "--watch-namespace", &bed.ns])
         .args(["--lease-name", &format!("lease-{}", bed.ns), "--lease-namespace", OPERATOR_NAMESPACE])
         .args(["--lease-duration-seconds", &LEASE_SECS.to_string(), "--pod-name", pod])
-        .args(["--metrics-addr", &free(), "--webhook-addr", &free()])
+        .args(["--metrics-addr", &metrics_addr, "--webhook-addr", &webhook_addr])
         .args(if extra.contains(&"--observe-interval") { &[][..] } else { &["--observe-interval", "3s"][..] })
         .args(["--insecure-registry", &bed.registry, "--log-format", "json"])
         .args(extra)
@@ -128,7 +133,15 @@ pub(crate) async fn spawn_with(bed: &Spec, dir: &Path, pod: &str, extra: &[&str]
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    Operator { child, log, credential: format!("JTI={}", jwt_id(&token)), pod: pod.into(), link }
+    Operator {
+        child,
+        log,
+        credential: format!("JTI={}", jwt_id(&token)),
+        pod: pod.into(),
+        link,
+        metrics_addr,
+        webhook_addr,
+    }
 }
 
 async fn holder(bed: &Bed) -> Option<String> {

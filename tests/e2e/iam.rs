@@ -357,7 +357,7 @@ fn header<'a>(entry: &'a Value, name: &str) -> Option<&'a str> {
 }
 
 /// (who, `service:Operation`, body) of one request moto recorded.
-fn moto_entry(entry: &Value) -> Option<(String, String, String)> {
+pub(crate) fn moto_entry(entry: &Value) -> Option<(String, String, String)> {
     use base64::Engine;
     let ua = header(entry, "User-Agent").unwrap_or_default();
     let who = if ua.contains("aws-sdk-rust") {
@@ -385,7 +385,7 @@ fn moto_entry(entry: &Value) -> Option<(String, String, String)> {
     Some((who.to_string(), format!("{service}:{op}"), body))
 }
 
-fn curl(args: &[&str]) -> String {
+pub(crate) fn curl(args: &[&str]) -> String {
     let out = std::process::Command::new("curl").args(["-s", "-f", "--max-time", "10"]).args(args).output().unwrap();
     assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()

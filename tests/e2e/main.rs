@@ -5,6 +5,7 @@ mod adopt;
 mod agent;
 mod apifaults;
 mod apply;
+mod bench;
 mod bluegreen;
 mod budget;
 mod channel;
