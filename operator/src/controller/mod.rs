@@ -103,12 +103,19 @@ pub struct Context {
     pub observer: std::sync::OnceLock<observer::Observer>,
     /// Document version ensured per AWS scope (created/updated once per scope and process).
     documents: Mutex<HashMap<AwsScope, String>>,
+    /// Every RolloutPolicy watched, kept by one watch ([`run_all`] runs it): tenant reconciles
+    /// read their policy here instead of a GET each.
+    policies: kube::runtime::reflector::Store<crate::crd::RolloutPolicy>,
+    policies_writer: std::sync::Mutex<Option<kube::runtime::reflector::store::Writer<crate::crd::RolloutPolicy>>>,
+    /// The policy store holds a complete list (its watch is running and has listed once).
+    policies_ready: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
     /// A context.
     pub fn new(client: kube::Client, aws: Arc<dyn Aws>, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let instance = settings.instance.clone();
+        let (policies, writer) = kube::runtime::reflector::store();
         Context {
             client,
             aws,
@@ -119,7 +126,55 @@ impl Context {
             claims: claims::Index::default(),
             observer: std::sync::OnceLock::new(),
             documents: Mutex::new(HashMap::new()),
+            policies,
+            policies_writer: std::sync::Mutex::new(Some(writer)),
+            policies_ready: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// A RolloutPolicy, from the shared store once it holds a complete list (a GET before that,
+    /// or when its watch is not running).
+    pub async fn policy(&self, ns: &str, name: &str) -> Result<Option<Arc<crate::crd::RolloutPolicy>>, Error> {
+        if self.policies_ready.load(std::sync::atomic::Ordering::SeqCst) {
+            let key = kube::runtime::reflector::ObjectRef::new(name).within(ns);
+            return Ok(self.policies.get(&key));
+        }
+        let api: kube::Api<crate::crd::RolloutPolicy> = kube::Api::namespaced(self.client.clone(), ns);
+        Ok(api.get_opt(name).await?.map(Arc::new))
+    }
+
+    /// Keeps the policy store until `shutdown` resolves (once per context; a second call returns).
+    async fn keep_policies(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        use futures::StreamExt as _;
+        use kube::ResourceExt as _;
+        use kube::runtime::WatchStreamExt as _;
+        let Some(writer) = self.policies_writer.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let ready = {
+            let ctx = self.clone();
+            async move {
+                if ctx.policies.wait_until_ready().await.is_ok() {
+                    ctx.policies_ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                std::future::pending::<()>().await;
+            }
+        };
+        let stream = kube::runtime::watcher(
+            self.watched::<crate::crd::RolloutPolicy>(),
+            kube::runtime::watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear())
+        .reflect(writer)
+        .for_each(|_| async {});
+        tokio::select! {
+            () = stream => {}
+            () = ready => {}
+            () = shutdown => {}
+        }
+        // Gone with the watch: reads go back to the API server.
+        self.policies_ready.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The API of a kind across what this operator watches: one namespace or the whole cluster.
@@ -169,6 +224,7 @@ pub async fn run_all(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     tokio::join!(
+        ctx.clone().keep_policies(wait(shutdown.clone())),
         tenant::run(ctx.clone(), wait(shutdown.clone())),
         coordinator::run(ctx.clone(), wait(shutdown.clone()), wait(shutdown.clone())),
         channel::run(ctx.clone(), resolver, wait(shutdown.clone())),

@@ -8,8 +8,8 @@ use crate::core::conditions::{self, Cond};
 use crate::core::report::{self, CommandResult, Delivery, HostReport, short_digest};
 use crate::core::tenant::{self as plan, Desired, Next, PlanInput};
 use crate::crd::{
-    AdoptionMode, AdoptionStatus, ApplyRecord, ImportedContainer, InFlightCommand, RolloutPolicy, RolloutPolicySpec,
-    Tenant, TenantStatus, condition as ct,
+    AdoptionMode, AdoptionStatus, ApplyRecord, ImportedContainer, InFlightCommand, RolloutPolicySpec, Tenant,
+    TenantStatus, condition as ct,
 };
 use crate::host::document;
 use crate::host::revision::{self, DesiredRevision, Rollout};
@@ -589,8 +589,7 @@ impl Tenant {
         let (Some(name), crate::crd::Tier::Canary) = (&self.spec.rollout_policy, self.spec.tier) else {
             return Ok(None);
         };
-        let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns_of(self)?);
-        let Some(policy) = api.get_opt(name).await? else {
+        let Some(policy) = ctx.policy(&ns_of(self)?, name).await? else {
             return Ok(None);
         };
         let soaking = policy.status.as_ref().is_some_and(|s| {
@@ -604,8 +603,7 @@ impl Tenant {
         let Some(name) = &self.spec.rollout_policy else {
             return Ok(Some(default_policy()));
         };
-        let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), ns);
-        Ok(api.get_opt(name).await?.map(|p| p.spec))
+        Ok(ctx.policy(ns, name).await?.map(|p| p.spec.clone()))
     }
 
     /// The env (plain `env` over every key of the `envFrom` Secrets) and the revision built from it;
