@@ -31,7 +31,12 @@ use tracing::{info, warn};
 
 /// Runs the Tenant controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let secrets = ctx.watched::<Secret>();
+    // Secrets trigger the tenants that name them: their metadata is all that is needed (no Secret
+    // data crosses the watch or sits in memory).
+    let secrets =
+        watcher(ctx.watched::<kube::core::PartialObjectMeta<Secret>>(), watcher::Config::default().any_semantic())
+            .default_backoff()
+            .touched_objects();
     // One watch of the Tenants feeds the controller's cache (trimmed of managedFields: nothing here
     // reads them, and they are most of an object's size) and the claims index.
     let (reader, writer) = kube::runtime::reflector::store();
@@ -58,7 +63,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     });
     let _stop_gauge = AbortOnDrop(gauge);
     controller
-        .watches(secrets, watcher::Config::default().any_semantic(), move |secret: Secret| {
+        .watches_stream(secrets, move |secret: kube::core::PartialObjectMeta<Secret>| {
             let ns = secret.namespace();
             let name = secret.name_any();
             store
