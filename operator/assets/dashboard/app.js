@@ -331,9 +331,23 @@ async function render() {
   document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
 }
 
-// One render at a time; a change during a render causes one more after it.
+// A render never replaces what the pointer is pressing: on a busy fleet the page re-renders
+// several times a second, and a button replaced between mousedown and mouseup loses the click.
+let pressing = false;
+document.addEventListener("pointerdown", () => { pressing = true; }, true);
+function released() {
+  if (!pressing) return;
+  pressing = false;
+  // After the click that follows this pointerup has been dispatched.
+  setTimeout(() => { if (again && !busy) { again = false; refresh(); } }, 0);
+}
+document.addEventListener("pointerup", released, true);
+document.addEventListener("pointercancel", released, true);
+
+// One render at a time; a change during a render (or while a button is pressed) causes one more
+// after it.
 function refresh() {
-  if (busy) { again = true; return; }
+  if (busy || pressing) { again = true; return; }
   busy = render().catch((e) => notice(`Cannot read the dashboard's server: ${e.message}`, "error")).finally(() => {
     busy = null;
     if (again) { again = false; refresh(); }
