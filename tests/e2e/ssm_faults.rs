@@ -33,18 +33,22 @@ const CASES: [(&str, &str, &str, &str, bool); 6] = [
     ("ok-a", "", "Succeeded", "Converged", false),
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_ssm_fault_ends_in_its_own_reason_and_only_what_ran_counts_against_the_budget() {
+/// A bed with its controllers, a tenant log, channel `staging` on v1 (returned) and policy `p`:
+/// `limits` (maxConcurrency, maxErrors), no stagger, no canary gate.
+async fn production_fleet(limits: serde_json::Value) -> (Bed, TenantLog, String) {
     let bed = Bed::start().await.unwrap();
     let log = TenantLog::start(&bed);
     let v1 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "1")], false).await.unwrap();
     follow_tag(&bed, "staging", "staging").await;
-    policy(
-        &bed,
-        "p",
-        json!({"maxConcurrency": 10, "maxErrors": 3, "stagger": "0s", "canary": {"minCanaries": 0, "soak": "0s"}}),
-    )
-    .await;
+    let mut spec = json!({"stagger": "0s", "canary": {"minCanaries": 0, "soak": "0s"}});
+    spec.as_object_mut().unwrap().extend(limits.as_object().unwrap().clone());
+    policy(&bed, "p", spec).await;
+    (bed, log, v1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_ssm_fault_ends_in_its_own_reason_and_only_what_ran_counts_against_the_budget() {
+    let (bed, log, v1) = production_fleet(json!({"maxConcurrency": 10, "maxErrors": 3})).await;
     let mut ids = BTreeMap::new();
     for (name, ..) in CASES {
         let id = launch_managed(&bed.stack, name, &[], HostState::Fresh).await.unwrap();
@@ -132,16 +136,7 @@ async fn each_ssm_fault_ends_in_its_own_reason_and_only_what_ran_counts_against_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttling_storm_slows_the_rollout_and_fails_nothing() {
-    let bed = Bed::start().await.unwrap();
-    let log = TenantLog::start(&bed);
-    let v1 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "1")], false).await.unwrap();
-    follow_tag(&bed, "staging", "staging").await;
-    policy(
-        &bed,
-        "p",
-        json!({"maxConcurrency": 3, "maxErrors": 0, "stagger": "0s", "canary": {"minCanaries": 0, "soak": "0s"}}),
-    )
-    .await;
+    let (bed, log, v1) = production_fleet(json!({"maxConcurrency": 3, "maxErrors": 0})).await;
     let names = ["s-1", "s-2", "s-3", "s-4", "s-5", "s-6"];
     let mut ids = BTreeMap::new();
     for name in names {
