@@ -87,6 +87,18 @@ struct RunArgs {
     /// Extra hosts trusted as token realms (repeatable).
     #[arg(long)]
     registry_token_realm: Vec<String>,
+    /// EC2 DescribeInstances calls a second per AWS scope, `RATE` or `RATE/BURST` (EC2's
+    /// published bucket for non-mutating actions by default).
+    #[arg(long, default_value = "20/100")]
+    aws_ec2_rate: String,
+    /// Run Command calls a second per AWS scope (SendCommand, ListCommandInvocations, ...),
+    /// `RATE` or `RATE/BURST`.
+    #[arg(long, default_value = "10/20")]
+    aws_run_command_rate: String,
+    /// Parameter Store calls a second per AWS scope, `RATE` or `RATE/BURST` (the published
+    /// standard throughput by default).
+    #[arg(long, default_value = "40/40")]
+    aws_parameter_rate: String,
     /// Address of the metrics endpoint.
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_addr: std::net::SocketAddr,
@@ -213,8 +225,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let version = client.apiserver_version().await?;
     tracing::info!(server = %version.git_version, "connected to the Kubernetes API");
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    // Every AWS call is counted by operation (`tenant_operator_aws_calls_total`).
-    let aws = tenant_operator::aws::counting::Counting::new(aws, Some(metrics.clone()));
+    // Every AWS call is counted by operation (`tenant_operator_aws_calls_total`), then waits for
+    // its scope's token bucket.
+    use tenant_operator::aws::limited::{Limited, Limits, Rate};
+    let rate = |s: &str| Rate::parse(s).map_err(anyhow::Error::msg);
+    let limits = Limits {
+        ec2: rate(&args.aws_ec2_rate)?,
+        run_command: rate(&args.aws_run_command_rate)?,
+        parameters: rate(&args.aws_parameter_rate)?,
+    };
+    let aws = tenant_operator::aws::counting::Counting::new(Limited::new(aws, limits), Some(metrics.clone()));
     tenant_operator::webhook::serve(args.webhook_addr, client.clone(), std::future::pending()).await?;
     let resolver: Arc<dyn tenant_operator::registry::Resolve> =
         Arc::new(tenant_operator::registry::OciResolver::new(tenant_operator::registry::RegistrySettings::new(

@@ -28,6 +28,8 @@ pub mod op {
     pub const LIST_COMMANDS: &str = "ListCommands";
     /// [`super::Aws::invocation`].
     pub const GET_COMMAND_INVOCATION: &str = "GetCommandInvocation";
+    /// [`super::Aws::command_invocations`].
+    pub const LIST_COMMAND_INVOCATIONS: &str = "ListCommandInvocations";
     /// [`super::Aws::put_secure_parameter`].
     pub const PUT_PARAMETER: &str = "PutParameter";
     /// [`super::Aws::list_parameters`].
@@ -35,13 +37,14 @@ pub mod op {
     /// [`super::Aws::delete_parameters`].
     pub const DELETE_PARAMETERS: &str = "DeleteParameters";
     /// Every operation above.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         DESCRIBE_INSTANCES,
         DESCRIBE_INSTANCE_INFORMATION,
         ENSURE_DOCUMENT,
         SEND_COMMAND,
         LIST_COMMANDS,
         GET_COMMAND_INVOCATION,
+        LIST_COMMAND_INVOCATIONS,
         PUT_PARAMETER,
         GET_PARAMETERS_BY_PATH,
         DELETE_PARAMETERS,
@@ -150,6 +153,11 @@ impl<A: Aws> Aws for Counting<A> {
         self.seen(op::GET_COMMAND_INVOCATION, self.inner.invocation(scope, command_id, instance).await)
     }
 
+    async fn command_invocations(&self, scope: &AwsScope, command_id: &str) -> Result<Vec<ListedInvocation>, AwsError> {
+        self.count(op::LIST_COMMAND_INVOCATIONS);
+        self.seen(op::LIST_COMMAND_INVOCATIONS, self.inner.command_invocations(scope, command_id).await)
+    }
+
     async fn put_secure_parameter(&self, scope: &AwsScope, name: &str, value: &str) -> Result<(), AwsError> {
         self.count(op::PUT_PARAMETER);
         self.seen(op::PUT_PARAMETER, self.inner.put_secure_parameter(scope, name, value).await)
@@ -192,6 +200,9 @@ mod tests {
         }
         async fn invocation(&self, _: &AwsScope, _: &str, _: &str) -> Result<Option<Invocation>, AwsError> {
             Err(AwsError::NotFound("InvocationDoesNotExist".into()))
+        }
+        async fn command_invocations(&self, _: &AwsScope, _: &str) -> Result<Vec<ListedInvocation>, AwsError> {
+            Ok(vec![])
         }
         async fn put_secure_parameter(&self, _: &AwsScope, _: &str, _: &str) -> Result<(), AwsError> {
             Err(AwsError::Invalid("bad".into()))
@@ -241,8 +252,8 @@ mod tests {
             let l = line(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"));
             assert_eq!(l.rsplit_once(' ').map(|(_, v)| v), Some(value), "{l}");
         }
-        // 9 operations x 5 classes, no more.
-        assert_eq!(text.lines().filter(|l| l.starts_with("tenant_operator_aws_call_errors_total{")).count(), 45);
+        // 10 operations x 5 classes, no more.
+        assert_eq!(text.lines().filter(|l| l.starts_with("tenant_operator_aws_call_errors_total{")).count(), 50);
         assert_eq!(c.total(), 6);
     }
 }

@@ -5,6 +5,9 @@
 //! another account is reached with its own credentials.
 
 pub mod counting;
+#[cfg(test)]
+pub mod fake;
+pub mod limited;
 pub mod sdk;
 
 use async_trait::async_trait;
@@ -19,13 +22,44 @@ pub struct AwsScope {
     pub assume_role_arn: Option<String>,
 }
 
-/// How to find instances.
+/// How to find instances: EC2 filters, so an unknown id finds nothing instead of failing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InstanceQuery {
-    /// Exact instance ids (empty: any).
+    /// Instance ids, any of them (empty: any instance).
     pub ids: Vec<String>,
-    /// Tags that must all match.
-    pub tags: BTreeMap<String, String>,
+    /// Tags that must all be present, each with one of its values.
+    pub tags: BTreeMap<String, Vec<String>>,
+}
+
+impl InstanceQuery {
+    /// Whether `instance` is one this query finds.
+    pub fn matches(&self, instance: &InstanceInfo) -> bool {
+        (self.ids.is_empty() || self.ids.contains(&instance.id))
+            && self.tags.iter().all(|(k, values)| instance.tags.get(k).is_some_and(|v| values.contains(v)))
+    }
+
+    /// Queries of one shape (by id or not, the same tag keys) merge into one that finds a
+    /// superset of what each finds.
+    pub fn shape(&self) -> (bool, Vec<String>) {
+        (!self.ids.is_empty(), self.tags.keys().cloned().collect())
+    }
+
+    /// Adds `other`'s ids and tag values (same shape) to this query.
+    pub fn merge(&mut self, other: &InstanceQuery) {
+        for id in &other.ids {
+            if !self.ids.contains(id) {
+                self.ids.push(id.clone());
+            }
+        }
+        for (k, values) in &other.tags {
+            let mine = self.tags.entry(k.clone()).or_default();
+            for v in values {
+                if !mine.contains(v) {
+                    mine.push(v.clone());
+                }
+            }
+        }
+    }
 }
 
 /// An EC2 instance as DescribeInstances reports it.
@@ -118,6 +152,37 @@ pub struct Invocation {
     pub stderr: String,
 }
 
+/// One instance's invocation of a command, as ListCommandInvocations lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedInvocation {
+    /// The instance.
+    pub instance: String,
+    /// Status, and the host's stdout and stderr as far as the listing carries them.
+    pub invocation: Invocation,
+    /// Whether `invocation` holds the whole output: the listing keeps only the first 2,500
+    /// characters of a plugin's output, so a longer one must be read with GetCommandInvocation.
+    pub complete: bool,
+}
+
+/// Characters of a plugin's output that ListCommandInvocations carries.
+pub const LISTED_OUTPUT_LIMIT: usize = 2500;
+
+/// The marker SSM puts between stdout and stderr in a listed plugin output.
+pub const LISTED_STDERR_MARKER: &str = "\n----------ERROR-------\n";
+
+impl ListedInvocation {
+    /// Splits a listed plugin output (stdout, then stderr after SSM's marker, cut at
+    /// [`LISTED_OUTPUT_LIMIT`] characters) into an invocation.
+    pub fn from_listing(instance: String, status: InvocationStatus, output: &str) -> Self {
+        let complete = output.chars().count() < LISTED_OUTPUT_LIMIT;
+        let (stdout, stderr) = match output.split_once(LISTED_STDERR_MARKER) {
+            Some((out, err)) => (out.to_string(), err.to_string()),
+            None => (output.to_string(), String::new()),
+        };
+        ListedInvocation { instance, invocation: Invocation { status, stdout, stderr }, complete }
+    }
+}
+
 /// A command to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendCommand {
@@ -176,6 +241,8 @@ pub trait Aws: Send + Sync + 'static {
         command_id: &str,
         instance: &str,
     ) -> Result<Option<Invocation>, AwsError>;
+    /// ListCommandInvocations with details: every instance's invocation of one command (all pages).
+    async fn command_invocations(&self, scope: &AwsScope, command_id: &str) -> Result<Vec<ListedInvocation>, AwsError>;
     /// PutParameter as a SecureString that must not exist yet (revisions are immutable).
     async fn put_secure_parameter(&self, scope: &AwsScope, name: &str, value: &str) -> Result<(), AwsError>;
     /// Parameter names under a path (recursive).

@@ -135,25 +135,15 @@ impl Aws for SdkAws {
                     .build(),
             );
             if !query.ids.is_empty() {
-                req = req.set_instance_ids(Some(query.ids.clone()));
+                req = req.filters(Filter::builder().name("instance-id").set_values(Some(query.ids.clone())).build());
             }
             for (k, v) in &query.tags {
-                req = req.filters(Filter::builder().name(format!("tag:{k}")).values(v).build());
+                req = req.filters(Filter::builder().name(format!("tag:{k}")).set_values(Some(v.clone())).build());
             }
             if let Some(token) = &next {
                 req = req.next_token(token);
             }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    let e = classify(e);
-                    // An unknown instance id is an answer, not a failure.
-                    if matches!(&e, AwsError::NotFound(_) | AwsError::Invalid(_)) && !query.ids.is_empty() {
-                        return Ok(out);
-                    }
-                    return Err(e);
-                }
-            };
+            let resp = req.send().await.map_err(classify)?;
             for r in resp.reservations() {
                 for i in r.instances() {
                     let Some(id) = i.instance_id() else { continue };
@@ -338,6 +328,40 @@ impl Aws for SdkAws {
                 AwsError::Other(m) if m.contains("InvocationDoesNotExist") => Ok(None),
                 other => Err(other),
             },
+        }
+    }
+
+    async fn command_invocations(&self, scope: &AwsScope, command_id: &str) -> Result<Vec<ListedInvocation>, AwsError> {
+        let c = self.clients(scope).await;
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut req = c.ssm.list_command_invocations().command_id(command_id).details(true).max_results(50);
+            if let Some(t) = &next {
+                req = req.next_token(t);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                // A command SSM does not know (yet): no invocation to report.
+                Err(e) => match classify(e) {
+                    AwsError::NotFound(_) => return Ok(out),
+                    other => return Err(other),
+                },
+            };
+            for inv in resp.command_invocations() {
+                let Some(instance) = inv.instance_id() else { continue };
+                let status = InvocationStatus::parse_with_details(
+                    inv.status().map(|s| s.as_str()).unwrap_or("Pending"),
+                    inv.status_details(),
+                );
+                // The document has one step: its plugin's output is the host's.
+                let output = inv.command_plugins().first().and_then(|p| p.output()).unwrap_or_default();
+                out.push(ListedInvocation::from_listing(instance.to_string(), status, output));
+            }
+            next = resp.next_token().map(str::to_string);
+            if next.is_none() {
+                return Ok(out);
+            }
         }
     }
 

@@ -19,8 +19,8 @@ pub enum Error {
     /// The object lacks something the API server always sets.
     #[error("object is missing {0}")]
     MissingField(&'static str),
-    /// The observe batcher could not send.
-    #[error("observe batch: {0}")]
+    /// A batcher (observes, lookups, pings) stopped before it answered.
+    #[error("batch: {0}")]
     Batch(String),
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
@@ -58,7 +58,7 @@ impl Error {
             Error::Serialization(_) => "SerializationError",
             Error::MissingField(_) => "MissingField",
             Error::Finalizer(_) => "FinalizerError",
-            Error::Batch(_) => "ObserveBatchFailed",
+            Error::Batch(_) => "BatchFailed",
             Error::InvalidRequest(_) => "InvalidRequest",
             Error::Lease(_) => "LeaseError",
             Error::LeadershipLost => "LeadershipLost",

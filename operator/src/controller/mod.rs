@@ -1,7 +1,9 @@
 //! Controllers: thin adapters between the Kubernetes API, AWS and the pure decisions in `core`.
 
+pub mod batch;
 pub mod channel;
 pub mod claims;
+pub mod collector;
 pub mod coordinator;
 pub mod error;
 pub mod leader;
@@ -48,6 +50,8 @@ pub struct Settings {
     pub history_limit: usize,
     /// How long an observe waits for others to share its command.
     pub observe_batch_window: Duration,
+    /// How long an instance lookup or a ping waits for others to share its AWS call.
+    pub lookup_batch_window: Duration,
     /// Watch and reconcile only this namespace (`--watch-namespace`); `None`: the whole cluster.
     pub watch_namespace: Option<String>,
     /// This replica's name (`--pod-name`): the events' reporting instance.
@@ -67,6 +71,7 @@ impl Default for Settings {
             env_hmac_key: Vec::new(),
             history_limit: 10,
             observe_batch_window: Duration::from_millis(250),
+            lookup_batch_window: Duration::from_millis(50),
             watch_namespace: None,
             instance: None,
             notify_retry_base: Duration::from_secs(2),
@@ -99,6 +104,12 @@ pub struct Context {
     pub faults: FaultPoints,
     /// Which Tenant claims which instance, kept by the Tenant controller's watch.
     pub claims: claims::Index,
+    /// Command results, listed per command and shared by the tenants that follow it.
+    pub collector: collector::Collector,
+    /// Batches instance lookups (started on first use).
+    lookups: std::sync::OnceLock<batch::Batcher<crate::aws::InstanceQuery, Vec<crate::aws::InstanceInfo>>>,
+    /// Batches agent pings (started on first use).
+    pings: std::sync::OnceLock<batch::Batcher<String, crate::aws::Ping>>,
     /// Batches observe commands (set by [`Context::new`]).
     pub observer: std::sync::OnceLock<observer::Observer>,
     /// Document version ensured per AWS scope (created/updated once per scope and process).
@@ -115,6 +126,7 @@ impl Context {
     /// A context.
     pub fn new(client: kube::Client, aws: Arc<dyn Aws>, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let instance = settings.instance.clone();
+        let collector = collector::Collector::new(settings.poll_interval / 2);
         let (policies, writer) = kube::runtime::reflector::store();
         Context {
             client,
@@ -124,6 +136,9 @@ impl Context {
             metrics,
             faults: FaultPoints::default(),
             claims: claims::Index::default(),
+            collector,
+            lookups: std::sync::OnceLock::new(),
+            pings: std::sync::OnceLock::new(),
             observer: std::sync::OnceLock::new(),
             documents: Mutex::new(HashMap::new()),
             policies,
@@ -197,6 +212,16 @@ impl Context {
         self.observer
             .get_or_init(|| observer::Observer::start(Arc::downgrade(self), self.settings.observe_batch_window))
             .clone()
+    }
+
+    /// The instance-lookup batcher, started on first use.
+    pub fn lookups(&self) -> batch::Batcher<crate::aws::InstanceQuery, Vec<crate::aws::InstanceInfo>> {
+        self.lookups.get_or_init(|| batch::lookups(self.aws.clone(), self.settings.lookup_batch_window)).clone()
+    }
+
+    /// The ping batcher, started on first use.
+    pub fn pings(&self) -> batch::Batcher<String, crate::aws::Ping> {
+        self.pings.get_or_init(|| batch::pings(self.aws.clone(), self.settings.lookup_batch_window)).clone()
     }
 
     /// The document version to run in this scope, creating or updating the document first.

@@ -1,16 +1,18 @@
 //! Observe commands in batches: tenants that need a fresh report within the same short window share
 //! one SendCommand of up to 50 instances (the document's text is the same for every host, and an
-//! observe carries no revision). Each tenant still follows its own invocation.
+//! observe carries no revision). Each tenant still follows its own invocation, through the
+//! collector, which lists the command's invocations once for all of them.
 
+use super::batch::Batcher;
 use super::{Context, Error};
-use crate::aws::{AwsScope, SendCommand};
+use crate::aws::{AwsError, AwsScope, SendCommand};
 use crate::host::document;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 
 /// Most instances SSM accepts in one SendCommand.
-pub const MAX_BATCH: usize = 50;
+pub const MAX_BATCH: usize = super::batch::MAX_BATCH;
 
 /// The sent batch, as one tenant sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,96 +23,62 @@ pub struct Sent {
     pub command_id: String,
 }
 
-struct Request {
-    scope: AwsScope,
-    instance: String,
-    reply: oneshot::Sender<Result<Sent, String>>,
-}
-
 /// Handle to the batching task.
 #[derive(Clone)]
 pub struct Observer {
-    tx: mpsc::Sender<Request>,
+    batcher: Batcher<String, Sent>,
 }
 
 impl Observer {
     /// Starts the batching task; `window` is how long a batch waits for company.
     pub fn start(ctx: std::sync::Weak<Context>, window: Duration) -> Observer {
-        let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run(ctx, rx, window));
-        Observer { tx }
+        let batcher = Batcher::start(
+            window,
+            Arc::new(move |scope, instances: Vec<String>| {
+                let ctx = ctx.clone();
+                Box::pin(async move {
+                    let answer = match ctx.upgrade() {
+                        Some(ctx) => send(&ctx, &scope, &instances).await,
+                        None => Err(AwsError::Other("the operator is stopping".into())),
+                    };
+                    instances.iter().map(|_| answer.clone()).collect()
+                })
+            }),
+        );
+        Observer { batcher }
     }
 
     /// Asks for an observe of `instance`; returns once the batch's command is sent.
     pub async fn observe(&self, scope: &AwsScope, instance: &str) -> Result<Sent, Error> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request { scope: scope.clone(), instance: instance.to_string(), reply })
-            .await
-            .map_err(|_| Error::Batch("the observe batcher stopped".into()))?;
-        rx.await.map_err(|_| Error::Batch("the observe batcher dropped the request".into()))?.map_err(Error::Batch)
+        self.batcher.ask(scope, instance.to_string()).await
     }
 }
 
-async fn run(ctx: std::sync::Weak<Context>, mut rx: mpsc::Receiver<Request>, window: Duration) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + window;
-        while batch.len() < MAX_BATCH * 4 {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(r)) => batch.push(r),
-                _ => break,
-            }
-        }
-        let Some(ctx) = ctx.upgrade() else { return };
-        let mut by_scope: BTreeMap<AwsScope, Vec<Request>> = BTreeMap::new();
-        for r in batch {
-            by_scope.entry(r.scope.clone()).or_default().push(r);
-        }
-        for (scope, mut requests) in by_scope {
-            // One request per instance per batch; duplicates share the answer.
-            requests.sort_by(|a, b| a.instance.cmp(&b.instance));
-            let mut chunk: Vec<Request> = Vec::new();
-            for r in requests {
-                let distinct = chunk.iter().filter(|c| c.instance != r.instance).count() + 1;
-                if distinct > MAX_BATCH {
-                    send(&ctx, &scope, std::mem::take(&mut chunk)).await;
-                }
-                chunk.push(r);
-            }
-            if !chunk.is_empty() {
-                send(&ctx, &scope, chunk).await;
-            }
-        }
-    }
-}
-
-async fn send(ctx: &Context, scope: &AwsScope, requests: Vec<Request>) {
-    let mut instances: Vec<String> = requests.iter().map(|r| r.instance.clone()).collect();
+async fn send(ctx: &Context, scope: &AwsScope, requested: &[String]) -> Result<Sent, AwsError> {
+    // One invocation per instance; tenants asking for the same instance share it.
+    let mut instances = requested.to_vec();
+    instances.sort();
     instances.dedup();
     let token = uuid::Uuid::new_v4().simple().to_string();
     let result = async {
-        let version = ctx.document_version(scope).await?;
+        let version = ctx.document_version(scope).await.map_err(|e| match e {
+            Error::Aws(aws) => aws,
+            other => AwsError::Other(other.to_string()),
+        })?;
         let mut parameters = BTreeMap::new();
         parameters.insert("action".to_string(), "observe".to_string());
         parameters.insert("revision".to_string(), String::new());
         let cmd = SendCommand {
             document: document::DOCUMENT_NAME.to_string(),
             document_version: version,
-            instances: instances.clone(),
+            instances,
             parameters,
             comment: format!("tenant-operator observe={token}"),
             timeout_seconds: 600,
         };
-        Ok::<String, Error>(ctx.aws.send_command(scope, &cmd).await?)
+        ctx.aws.send_command(scope, &cmd).await
     }
     .await;
     ctx.metrics.command("observe", if result.is_ok() { "sent" } else { "send_failed" });
-    for r in requests {
-        let answer = match &result {
-            Ok(id) => Ok(Sent { token: token.clone(), command_id: id.clone() }),
-            Err(e) => Err(e.to_string()),
-        };
-        let _ = r.reply.send(answer);
-    }
+    result.map(|command_id| Sent { token, command_id })
 }

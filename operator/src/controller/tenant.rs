@@ -166,8 +166,9 @@ impl Tenant {
         let query = match (&self.spec.instance.id, &self.spec.instance.tags) {
             (Some(id), _) => InstanceQuery { ids: vec![id.clone()], tags: BTreeMap::new() },
             (None, Some(tags)) => {
-                let mut tags = tags.clone();
-                tags.insert(s.org_tag.clone(), self.spec.slug.clone());
+                let mut tags: BTreeMap<String, Vec<String>> =
+                    tags.iter().map(|(k, v)| (k.clone(), vec![v.clone()])).collect();
+                tags.insert(s.org_tag.clone(), vec![self.spec.slug.clone()]);
                 InstanceQuery { ids: vec![], tags }
             }
             (None, None) => {
@@ -177,7 +178,7 @@ impl Tenant {
                 ));
             }
         };
-        let found = ctx.aws.describe_instances(&scope, &query).await?;
+        let found = ctx.lookups().ask(&scope, query).await?;
         match found.as_slice() {
             [] => Ok(Found::Problem("InstanceNotFound", "no instance matches spec.instance".into())),
             [one] => {
@@ -319,8 +320,7 @@ impl Tenant {
             }
             status.instance_id = Some(instance.clone());
 
-            let ping = ctx.aws.ping(&scope, std::slice::from_ref(&instance)).await?;
-            if ping.get(&instance) != Some(&Ping::Online) {
+            if ctx.pings().ask(&scope, instance.clone()).await? != Ping::Online {
                 // Unreachable is not failed: nothing is sent, no budget is spent, we look again soon.
                 let conds = [
                     Cond::no(
@@ -510,7 +510,7 @@ impl Tenant {
             return Ok((ctx.settings.poll_interval, None));
         }
         let id = f.command_id.clone().unwrap_or_default();
-        let Some(inv) = ctx.aws.invocation(scope, &id, instance).await? else {
+        let Some(inv) = ctx.collector.invocation(ctx.aws.as_ref(), scope, &id, instance).await? else {
             return Ok((ctx.settings.poll_interval, None));
         };
         if !inv.status.is_final() {
@@ -519,13 +519,13 @@ impl Tenant {
             // it out) and is polled less often meanwhile.
             let started = f.started_at.parse::<Timestamp>().ok();
             let waited = started.map(|s| now.duration_since(s).as_secs()).unwrap_or(0);
-            if inv.status == InvocationStatus::Pending && waited >= UNDELIVERED_PING_AFTER_SECS {
-                let ping = ctx.aws.ping(scope, &[instance.to_string()]).await?;
-                if ping.get(instance) != Some(&Ping::Online) {
-                    status.in_flight = Some(f);
-                    let msg = format!("the SSM agent of {instance} went offline; command {id} waits for it");
-                    return Ok((Duration::from_secs(15), Some(Cond::no(ct::INSTANCE_REACHABLE, "AgentOffline", msg))));
-                }
+            if inv.status == InvocationStatus::Pending
+                && waited >= UNDELIVERED_PING_AFTER_SECS
+                && ctx.pings().ask(scope, instance.to_string()).await? != Ping::Online
+            {
+                status.in_flight = Some(f);
+                let msg = format!("the SSM agent of {instance} went offline; command {id} waits for it");
+                return Ok((Duration::from_secs(15), Some(Cond::no(ct::INSTANCE_REACHABLE, "AgentOffline", msg))));
             }
             status.in_flight = Some(f);
             return Ok((ctx.settings.poll_interval, None));
