@@ -36,7 +36,15 @@ const CASES: [(&str, &str, &str, &str, bool); 6] = [
 /// A bed with its controllers, a tenant log, channel `staging` on v1 (returned) and policy `p`:
 /// `limits` (maxConcurrency, maxErrors), no stagger, no canary gate.
 async fn production_fleet(limits: serde_json::Value) -> (Bed, TenantLog, String) {
-    let bed = Bed::start().await.unwrap();
+    production_fleet_observed_every(limits, crate::harness::test_settings().observe_interval).await
+}
+
+/// [`production_fleet`] with idle hosts observed every `observe` (a large fleet of real-bash
+/// hosts observed every few seconds keeps two cores busy with observes alone).
+async fn production_fleet_observed_every(limits: serde_json::Value, observe: Duration) -> (Bed, TenantLog, String) {
+    let mut bed = Bed::start_without_controllers().await.unwrap();
+    let settings = tenant_operator::controller::Settings { observe_interval: observe, ..bed.settings() };
+    bed.start_controllers(settings).await;
     let log = TenantLog::start(&bed);
     let v1 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "1")], false).await.unwrap();
     follow_tag(&bed, "staging", "staging").await;
@@ -186,4 +194,91 @@ async fn a_throttling_storm_slows_the_rollout_and_fails_nothing() {
     }
     // The metrics say what happened.
     assert!(throttled(&bed) > before, "{}", bed.metrics.encode());
+}
+
+/// k of 50 failing in one batch: 53 production tenants under `maxConcurrency: 50` and
+/// `maxErrors: 2`. On v2, three hosts of the first batch (admitted by name: `k-00` to `k-49`) fail
+/// their apply, each its own way. The rollout halts with exactly those three counted, each tenant
+/// showing its own reason; the batch's 47 others converge on v2; the three tenants the batch left
+/// out are never admitted. Observes of the new fleet share SendCommands of at most 50 instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k_of_fifty_failing_in_one_batch_halts_with_exactly_those_counted() {
+    let (bed, log, v1) =
+        production_fleet_observed_every(json!({"maxConcurrency": 50, "maxErrors": 2}), Duration::from_secs(60)).await;
+    let names: Vec<String> = (0..53).map(|n| format!("k-{n:02}")).collect();
+    let mut ids = BTreeMap::new();
+    for name in &names {
+        let id = launch_managed(&bed.stack, name, &[], HostState::Fresh).await.unwrap();
+        ids.insert(name.clone(), id);
+    }
+    for name in &names {
+        bed.create::<Tenant>(tenant_json(name, &ids[name], json!({"rolloutPolicy": "p", "tier": "production"})))
+            .await
+            .unwrap();
+    }
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    all_on(&bed, &all, &v1, Duration::from_secs(900)).await;
+
+    // (tenant, fault on its apply of v2, the reason its conditions show)
+    let failing = [
+        ("k-10", "execution_timeout_next", "CommandTimedOut"),
+        ("k-25", "garble_next", "ReportUnreadable"),
+        ("k-40", "unhealthy", "RolledBack"),
+    ];
+    for (name, fault, _) in failing {
+        let fault = if fault == "unhealthy" {
+            json!({"unhealthy": true})
+        } else {
+            json!({ fault: 1, "fault_action": "apply" })
+        };
+        bed.stack.set_fault(&ids[name], fault).await.unwrap();
+    }
+    let v2 = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "2")], false).await.unwrap();
+    let p = wait_policy(&bed, "p", "the rollout of v2 halted", Duration::from_secs(900), |p| {
+        record(p, "staging").is_some_and(|r| r.digest == v2 && r.phase == "Halted")
+    })
+    .await;
+    let r = record(&p, "staging").unwrap();
+    let mut failed: Vec<&str> = r.failed_tenants.iter().map(String::as_str).collect();
+    failed.sort();
+    assert_eq!(failed, ["k-10", "k-25", "k-40"], "{r:?}");
+
+    // The batch's others converge; the three left out keep v1 and were never given v2 as target.
+    let others: Vec<&str> = all[..50].iter().copied().filter(|n| !failed.contains(n)).collect();
+    all_on(&bed, &others, &v2, Duration::from_secs(600)).await;
+    let p = wait_policy(&bed, "p", "the rollout still halted", Duration::from_secs(10), |p| {
+        record(p, "staging").is_some_and(|r| r.digest == v2)
+    })
+    .await;
+    let r = record(&p, "staging").unwrap();
+    assert_eq!((r.phase.as_str(), r.failed_tenants.len()), ("Halted", 3), "{r:?}");
+    for name in &all[50..] {
+        let t = bed.tenants().get(name).await.unwrap();
+        let st = t.status.unwrap_or_default();
+        assert_ne!(st.target.as_ref().map(|t| t.digest.as_str()), Some(v2.as_str()), "{name} was admitted: {st:?}");
+        assert_eq!(st.running.as_deref(), Some(tenant_operator::core::report::short_digest(&v1).as_str()), "{name}");
+    }
+    for (name, _, reason) in failing {
+        let seen = log.conditions(name);
+        // An unhealthy host under BlueGreen fails on the idle slot (ApplyFailed); in place it is
+        // rolled back.
+        let reasons: &[&str] = if reason == "RolledBack" { &["RolledBack", "ApplyFailed"] } else { &[reason] };
+        assert!(
+            reasons.iter().any(|r| seen.contains(&("Ready".into(), "False".into(), (*r).into()))),
+            "{name} never showed Ready {reasons:?}: {seen:?}"
+        );
+        let history = bed.tenants().get(name).await.unwrap().status.unwrap_or_default().history;
+        let v2_applies = history.iter().filter(|h| h.action == "apply" && h.digest.as_deref() == Some(v2.as_str()));
+        assert_eq!(v2_applies.count(), 1, "{name}: a failure is not tried again: {history:?}");
+    }
+
+    // SSM's rule at the simulator: no command names more than 50 instances; observes were shared.
+    let cmds = crate::chaos::commands(&bed).await;
+    let mut per_command: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for c in &cmds {
+        *per_command.entry((c.id.as_str(), c.action.as_str())).or_default() += 1;
+    }
+    assert!(per_command.values().all(|n| *n <= 50), "{per_command:?}");
+    let widest_observe = per_command.iter().filter(|((_, a), _)| *a == "observe").map(|(_, n)| *n).max();
+    assert!(widest_observe.is_some_and(|n| n > 1), "no observe shared a command: {per_command:?}");
 }
