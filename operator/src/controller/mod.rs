@@ -112,6 +112,9 @@ pub struct Context {
     pings: std::sync::OnceLock<batch::Batcher<String, crate::aws::Ping>>,
     /// Batches observe commands (set by [`Context::new`]).
     pub observer: std::sync::OnceLock<observer::Observer>,
+    /// The resourceVersion each Tenant's last status write returned, by (namespace, name): a
+    /// watched copy at that version holds our own last write.
+    written: std::sync::Mutex<HashMap<(String, String), String>>,
     /// Document version ensured per AWS scope (created/updated once per scope and process).
     documents: Mutex<HashMap<AwsScope, String>>,
     /// Every RolloutPolicy watched, kept by one watch ([`run_all`] runs it): tenant reconciles
@@ -126,7 +129,8 @@ impl Context {
     /// A context.
     pub fn new(client: kube::Client, aws: Arc<dyn Aws>, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let instance = settings.instance.clone();
-        let collector = collector::Collector::new(settings.poll_interval / 2);
+        // One listing per command per poll interval, however many tenants follow it.
+        let collector = collector::Collector::new(settings.poll_interval);
         let (policies, writer) = kube::runtime::reflector::store();
         Context {
             client,
@@ -140,6 +144,7 @@ impl Context {
             lookups: std::sync::OnceLock::new(),
             pings: std::sync::OnceLock::new(),
             observer: std::sync::OnceLock::new(),
+            written: std::sync::Mutex::new(HashMap::new()),
             documents: Mutex::new(HashMap::new()),
             policies,
             policies_writer: std::sync::Mutex::new(Some(writer)),
@@ -212,6 +217,21 @@ impl Context {
         self.observer
             .get_or_init(|| observer::Observer::start(Arc::downgrade(self), self.settings.observe_batch_window))
             .clone()
+    }
+
+    /// Records the resourceVersion a Tenant status write returned (`None`: forget it).
+    pub fn wrote(&self, ns: &str, name: &str, resource_version: Option<String>) {
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (ns.to_string(), name.to_string());
+        match resource_version {
+            Some(rv) => w.insert(key, rv),
+            None => w.remove(&key),
+        };
+    }
+
+    /// The resourceVersion of a Tenant's last status write by this process.
+    pub fn last_written(&self, ns: &str, name: &str) -> Option<String> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.to_string(), name.to_string())).cloned()
     }
 
     /// The instance-lookup batcher, started on first use.

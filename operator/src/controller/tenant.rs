@@ -99,11 +99,19 @@ impl Drop for AbortOnDrop {
 async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = tenant.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), &ns);
-    // Decide from the stored object, never from a cache that may predate our own last write: a
-    // stale `inFlight` would otherwise be lost and a second command sent.
+    // Decide from state that holds our own last write, never from a cache that may predate it: a
+    // stale `inFlight` would otherwise be lost and a second command sent. The watch's copy is
+    // that state when it is the very version our last status write returned; otherwise (another
+    // writer since, a restart, a cache behind) the stored object is read.
     let tenant_name = tenant.name_any();
-    let Some(tenant) = api.get_opt(&tenant_name).await?.map(Arc::new) else {
-        return Ok(Action::await_change());
+    let ours = tenant.resource_version().is_some_and(|rv| ctx.last_written(&ns, &tenant_name).as_deref() == Some(&rv));
+    let tenant = if ours {
+        tenant
+    } else {
+        let Some(stored) = api.get_opt(&tenant_name).await?.map(Arc::new) else {
+            return Ok(Action::await_change());
+        };
+        stored
     };
     let res = finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
@@ -1067,7 +1075,9 @@ impl Tenant {
             obj.remove("target");
         }
         let patch = json!({"apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant", "status": body});
-        api.patch_status(&self.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        let written =
+            api.patch_status(&self.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        ctx.wrote(&ns, &self.name_any(), written.resource_version());
         if !changes.is_empty() {
             self.record_changes(ctx, &status, &changes).await;
         }
@@ -1120,6 +1130,7 @@ impl Tenant {
             ctx.aws.delete_parameters(&scope, &names).await?;
         }
         info!(tenant = %self.name_any(), removed = names.len(), "tenant deleted: parameters removed, host left running");
+        ctx.wrote(&ns_of(self)?, &self.name_any(), None);
         Ok(Action::await_change())
     }
 }
