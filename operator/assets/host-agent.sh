@@ -1,9 +1,12 @@
 # tenant-operator host agent.
 #
 # This is the fixed body of the operator's SSM Command document. The operator prepends a header
-# that sets AGENT_ACTION, AGENT_REVISION (both checked by SSM against the document's allowedPattern,
-# and again below) and the constants PARAM_ROOT and AGENT_VERSION. Nothing a user controls is ever
-# part of this text: desired state arrives through Parameter Store, read with the host's own role.
+# that sets AGENT_ACTION, AGENT_DIGEST (both checked by SSM against the document's allowedValues and
+# allowedPattern, and again below) and the constants PARAM_ROOT and AGENT_VERSION. Nothing a user
+# controls is ever part of this text, and nothing in it is one host's: every host of a batch gets
+# the same command. The rest of the desired state is the host's own revision parameter
+# ($PARAM_ROOT/<org>/revision), read with the host's own role; the revision id it applies is that
+# parameter's base id followed by the first 32 hex digits of the digest.
 #
 # stdout: exactly one compact JSON line (the report). Everything else goes to the host log.
 # TENANT_HOST_ROOT prefixes every host path (empty on a real host; a sandbox in the simulator).
@@ -61,11 +64,13 @@ read_org() {
 }
 ORG="$(read_org)"
 
+# The revision applied: known once the revision parameter is read (apply, adopt).
+AGENT_REVISION=""
 case "$AGENT_ACTION" in
   observe|apply|switch|prune|inspect-legacy|adopt|unadopt) ;;
-  *) AGENT_ACTION=invalid; AGENT_REVISION=""; report error bad-action ;;
+  *) AGENT_ACTION=invalid; report error bad-action ;;
 esac
-if ! [[ "$AGENT_REVISION" =~ ^[a-z0-9]{0,64}$ ]]; then AGENT_REVISION=""; report error bad-revision; fi
+if ! [[ "$AGENT_DIGEST" =~ ^(sha256:[a-f0-9]{64})?$ ]]; then AGENT_DIGEST=""; report error bad-digest; fi
 
 
 DIGEST_RE='^sha256:[a-f0-9]{64}$'
@@ -148,31 +153,40 @@ observe_json() {
 # One command at a time on this host; a second waits for the first.
 exec 9>"$STATE/lock"
 if ! flock -w 900 9; then report error lock-timeout; fi
-log "start revision=$AGENT_REVISION org=$ORG"
+log "start digest=$AGENT_DIGEST org=$ORG"
 
 # --- desired state ----------------------------------------------------------------------
 
 b64d() { printf '%s' "$1" | base64 -d; }
 
-# fetch_revision REV FILE: the revision's parameter, read with this host's own role.
+# fetch_revision FILE [VERSION]: this host's revision parameter (that version of it, when given),
+# read with this host's own role, in one call; FILE.version gets the version read. The value holds
+# no tab: the CLI's text output is the version, a tab, then the value.
 fetch_revision() {
+  local name="$PARAM_ROOT/$ORG/revision" ver first
   [ -n "$ORG" ] || return 1
-  aws ssm get-parameter --with-decryption --name "$PARAM_ROOT/$ORG/revisions/$1" \
-    --query Parameter.Value --output text > "$2" 2>>"$LOGFILE"
+  if [ -n "${2:-}" ]; then [[ "$2" =~ ^[0-9]{1,6}$ ]] || return 1; name="$name:$2"; fi
+  aws ssm get-parameter --with-decryption --name "$name" \
+    --query '[Parameter.Version,Parameter.Value]' --output text > "$1.raw" 2>>"$LOGFILE" || return 1
+  IFS=$'\t' read -r ver first < "$1.raw" || return 1
+  [[ "$ver" =~ ^[0-9]{1,6}$ ]] || return 1
+  { printf '%s\n' "$first"; tail -n +2 "$1.raw"; } > "$1"
+  rm -f "$1.raw"
+  printf '%s' "$ver" > "$1.version"
 }
 
 # load_revision FILE: parses the line format into R_* variables and the RUN_ARGS / ENV_KEYS arrays.
 # Every user-controlled field is base64 and decoded into a single argv element: nothing is eval'd.
 load_revision() {
   local file="$1" kind a b c
-  R_IMAGE=""; R_DIGEST=""; R_ENVREV=""; R_NAME=""; R_PORT_BLUE=""; R_PORT_GREEN=""; R_PORT_ROUTING=""
+  R_IMAGE=""; R_BASE=""; R_ENVREV=""; R_NAME=""; R_PORT_BLUE=""; R_PORT_GREEN=""; R_PORT_ROUTING=""
   R_CPORT=""; R_HEALTH="/health"; R_TIMEOUT=60; R_STRATEGY=inplace; R_KEEPWARM=600; R_RESTART=unless-stopped
   RUN_ARGS=(); ENV_KEYS=(); R_IMPORTED=0; R_LOGIN_HOST=""; R_LOGIN_USER=""; R_LOGIN_PASS=""
-  head -n 1 "$file" | grep -qx 'tenant-operator-revision v1' || return 1
+  head -n 1 "$file" | grep -qx 'tenant-operator-revision v2' || return 1
   while IFS=' ' read -r kind a b c; do
     case "$kind" in
       image) R_IMAGE="$(b64d "$a")" ;;
-      digest) [[ "$a" =~ $DIGEST_RE ]] && R_DIGEST="$a" ;;
+      base) [[ "$a" =~ ^[a-f0-9]{32}$ ]] && R_BASE="$a" ;;
       envrev) [[ "$a" =~ $ENVREV_RE ]] && R_ENVREV="$a" ;;
       name) [[ "$a" =~ $NAME_RE ]] && R_NAME="$a" ;;
       ports) R_PORT_BLUE="$a"; R_PORT_GREEN="$b"; R_PORT_ROUTING="$c" ;;
@@ -192,7 +206,7 @@ load_revision() {
       login) R_LOGIN_HOST="$(b64d "$a")"; R_LOGIN_USER="$(b64d "$b")"; R_LOGIN_PASS="$(b64d "$c")" ;;
     esac
   done < "$file"
-  [ -n "$R_IMAGE" ] && [ -n "$R_DIGEST" ] && [ -n "$R_NAME" ] || return 1
+  [ -n "$R_IMAGE" ] && [ -n "$R_BASE" ] && [ -n "$R_NAME" ] || return 1
   [[ "$R_PORT_BLUE" =~ $PORT_RE && "$R_PORT_GREEN" =~ $PORT_RE && "$R_PORT_ROUTING" =~ $PORT_RE && "$R_CPORT" =~ $PORT_RE ]] || return 1
   [[ "$R_HEALTH" =~ ^/[A-Za-z0-9._~/-]*$ ]] || return 1
   return 0
@@ -545,20 +559,29 @@ case "$AGENT_ACTION" in
       [ -n "$id" ] && docker rename "$id" "$name" >/dev/null 2>&1 && log "the serving container is $name again"
     fi
     cron_restore
-    rm -rf "$STATE/adopted" "$STATE/applied-revision" "$STATE/active-slot"
+    rm -rf "$STATE/adopted" "$STATE/applied-revision" "$STATE/applied-digest" "$STATE/applied-version" "$STATE/active-slot"
     log "released: the operator no longer manages this host"
     report ok released ;;
 esac
 
 # --- apply / switch ------------------------------------------------------------------------
 
-[ -n "$AGENT_REVISION" ] || report error no-revision
+[ -n "$AGENT_DIGEST" ] || report error no-digest
 APPLIED="$(cat "$STATE/applied-revision" 2>/dev/null)"
 WORK="$(mktemp -d "$STATE/rev.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 REVFILE="$WORK/desired"
-if ! fetch_revision "$AGENT_REVISION" "$REVFILE"; then report error revision-unreadable; fi
+if ! fetch_revision "$REVFILE"; then report error revision-unreadable; fi
 if ! load_revision "$REVFILE"; then report error revision-invalid; fi
+R_DIGEST="$AGENT_DIGEST"
+AGENT_REVISION="$R_BASE${AGENT_DIGEST:7:32}"
+REV_VERSION="$(cat "$REVFILE.version")"
+# applied REV: records what now runs (and where to read it again for a rollback).
+applied() {
+  printf '%s' "$1" > "$STATE/applied-revision"
+  printf '%s' "$R_DIGEST" > "$STATE/applied-digest"
+  printf '%s' "$REV_VERSION" > "$STATE/applied-version"
+}
 
 if [ "$AGENT_ACTION" = adopt ]; then
   # Takes over the hand-run container without stopping it: the cron entry goes aside first (and any
@@ -596,7 +619,7 @@ if [ "$AGENT_ACTION" = adopt ]; then
   printf '%s' "$R_PORT_BLUE" > "$STATE/adopted/port"
   printf '%s' "$R_HEALTH" > "$STATE/adopted/health-path"
   printf '%s' blue > "$STATE/active-slot"
-  printf '%s' "$AGENT_REVISION" > "$STATE/applied-revision"
+  applied "$AGENT_REVISION"
   log "adopted container ${id:0:12} as revision $AGENT_REVISION in the blue slot; it kept serving"
   report ok adopted
 fi
@@ -640,7 +663,7 @@ if [ "$R_STRATEGY" = bluegreen ]; then
   ensure_router
   set_upstream "$TARGET_SLOT" "$(slot_port "$TARGET_SLOT")"
   [ -n "$ACTIVE" ] && printf '%s' "$(( $(date +%s) + R_KEEPWARM ))" > "$STATE/retire-$ACTIVE"
-  printf '%s' "$AGENT_REVISION" > "$STATE/applied-revision"
+  applied "$AGENT_REVISION"
   log "switched to the $TARGET_SLOT slot (revision $AGENT_REVISION)"
   prune_images
   report ok switched
@@ -659,13 +682,18 @@ elif ! smoke_checks "$SLOT" "$REVFILE"; then FAILURE="smoke-failed:$SMOKE_FAILED
 rm -f "$REVFILE"
 if [ -z "$FAILURE" ]; then
   printf '%s' "$SLOT" > "$STATE/active-slot"
-  printf '%s' "$AGENT_REVISION" > "$STATE/applied-revision"
+  applied "$AGENT_REVISION"
   log "applied $AGENT_REVISION in place in the $SLOT slot"
   prune_images
   report ok applied
 fi
 log "revision $AGENT_REVISION: $FAILURE"
-if [ -n "$APPLIED" ] && fetch_revision "$APPLIED" "$WORK/previous" && load_revision "$WORK/previous" && fetch_imported; then
+# The previous revision: the version of the parameter it was read from, and its digest.
+PREV_DIGEST="$(cat "$STATE/applied-digest" 2>/dev/null)"
+PREV_VERSION="$(cat "$STATE/applied-version" 2>/dev/null)"
+if [ -n "$APPLIED" ] && [[ "$PREV_DIGEST" =~ $DIGEST_RE && "$PREV_VERSION" =~ ^[0-9]{1,6}$ ]] \
+  && fetch_revision "$WORK/previous" "$PREV_VERSION" && load_revision "$WORK/previous" && fetch_imported; then
+  R_DIGEST="$PREV_DIGEST"
   start_slot "$APPLIED" "$WORK/previous" "$SLOT"
   rm -f "$WORK/previous"
   wait_healthy "$SLOT" && log "rolled back to $APPLIED"

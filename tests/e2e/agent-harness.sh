@@ -6,7 +6,7 @@
 # LIB holds the functions and patterns taken from the text of operator/assets/host-agent.sh, as
 # they are (read_org, fetch_revision, load_revision, start_slot and what they call). Each directory
 # under CASES is one host: `host/` its file system (with its org file and the agent's directories),
-# `param` and `value` the one parameter Parameter Store holds, `rev` the revision the command names. The agent's path of an apply is followed:
+# `param` and `value` the one parameter Parameter Store holds, `digest` the digest the command names. The agent's path of an apply is followed:
 # read_org, fetch_revision, load_revision, start_slot. `aws` and `docker` are functions here that
 # record what the agent asked of them into the case's directory (`aws-name`; `docker-args`,
 # NUL-separated; `docker-env`, the docker CLI's environment as `env -0` prints it; `docker-envfile`,
@@ -21,7 +21,8 @@ CASES="$2"
 # shellcheck source=/dev/null
 . "$LIB"
 
-# aws ssm get-parameter --with-decryption --name NAME --query Parameter.Value --output text
+# aws ssm get-parameter --with-decryption --name NAME --query '[Parameter.Version,Parameter.Value]'
+#   --output text: the version, a tab, the value.
 aws() {
   local name=""
   while [ $# -gt 0 ]; do
@@ -32,6 +33,7 @@ aws() {
   local stored
   read -r stored < "$CASE_DIR/param"
   [ "$name" = "$stored" ] || { echo "ParameterNotFound" >&2; return 254; }
+  printf '1\t'
   cat "$CASE_DIR/value"
 }
 
@@ -67,9 +69,12 @@ for CASE_DIR in "$CASES"/*/; do
   WORK="$ROOT/work"
   ORG="$(read_org 2>>"$LOGFILE")"
   printf '%s' "$ORG" > "$CASE_DIR/read-org"
-  read -r rev < "$CASE_DIR/rev"
-  if ! fetch_revision "$rev" "$WORK/desired"; then echo fetch-failed > "$CASE_DIR/outcome"; continue; fi
+  read -r R_DIGEST < "$CASE_DIR/digest"
+  if ! fetch_revision "$WORK/desired"; then echo fetch-failed > "$CASE_DIR/outcome"; continue; fi
   if ! load_revision "$WORK/desired"; then echo load-failed > "$CASE_DIR/outcome"; continue; fi
+  # As the agent does: the revision applied is the base the parameter names, then the digest's start.
+  rev="$R_BASE${R_DIGEST:7:32}"
+  printf '%s' "$rev" > "$CASE_DIR/applied"
   start_slot "$rev" "$WORK/desired" blue >>"$LOGFILE" 2>&1
   echo "start $?" > "$CASE_DIR/outcome"
 done

@@ -326,9 +326,9 @@ fn generated_env_sets_keys_and_slugs_arrive_byte_for_byte_or_are_refused_and_not
                     std::fs::create_dir_all(host.join(d)).unwrap();
                 }
                 std::fs::write(host.join("etc/tenant-operator/org"), &c.org_file).unwrap();
-                std::fs::write(dir.join("param"), revision::parameter_name(PARAM_ROOT, &c.slug, &rev.id)).unwrap();
+                std::fs::write(dir.join("param"), revision::parameter_name(PARAM_ROOT, &c.slug)).unwrap();
                 std::fs::write(dir.join("value"), &rev.value).unwrap();
-                std::fs::write(dir.join("rev"), &rev.id).unwrap();
+                std::fs::write(dir.join("digest"), DIGEST).unwrap();
                 hosts.push((dir, c, rev));
             }
         }
@@ -364,7 +364,7 @@ fn generated_env_sets_keys_and_slugs_arrive_byte_for_byte_or_are_refused_and_not
             continue;
         };
         let asked = String::from_utf8(read("aws-name").expect("a host with an org asked for nothing")).unwrap();
-        assert_eq!(asked, format!("{PARAM_ROOT}/{org}/revisions/{}", rev.id), "{c:?}");
+        assert_eq!(asked, format!("{PARAM_ROOT}/{org}/revision"), "{c:?}");
         if org != c.slug {
             assert_eq!(outcome.trim(), "fetch-failed", "{c:?}");
             assert!(read("docker-args").is_none());
@@ -375,6 +375,8 @@ fn generated_env_sets_keys_and_slugs_arrive_byte_for_byte_or_are_refused_and_not
         if outcome.trim() == "start 0" {
             let got = container_env(dir).unwrap_or_else(|e| panic!("{}: {e}: {c:?}", dir.display()));
             assert_eq!(got, c.env, "{}: the container's env differs from the tenant's", dir.display());
+            let applied = String::from_utf8(read("applied").unwrap_or_default()).unwrap();
+            assert_eq!(applied, rev.id, "the host names the revision it applies as the operator does");
             tally.delivered += 1;
         } else {
             assert!(outcome.starts_with("start "), "{}: {outcome}: {c:?}", dir.display());

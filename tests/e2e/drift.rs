@@ -310,8 +310,19 @@ async fn throttling_is_backed_off_and_never_a_failure() {
     assert_eq!(applies(&bed).await.len(), 2, "{}", bed.stack.timeline().await.unwrap());
 }
 
+/// PutParameter calls so far, from the operator's own counter.
+fn puts(bed: &Bed) -> u64 {
+    let text = bed.metrics.encode();
+    let line = text.lines().find(|l| l.starts_with("tenant_operator_aws_calls_total{operation=\"PutParameter\"}"));
+    line.and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok()).unwrap_or(0.0) as u64
+}
+
+/// A tenant has one revision parameter: each env change writes it again (a new version of the same
+/// name), a rollout that changes only the digest writes nothing (the command carries the digest),
+/// and the host names each revision it applied as the operator does: the parameter's base, then
+/// the digest's first 32 hex digits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_newest_revisions_stay_in_parameter_store() {
+async fn one_revision_parameter_written_again_only_when_the_env_changes() {
     let bed = Bed::start().await.unwrap();
     let digest = bed.stack.push_image("platform-tenant", "staging", &[("sim.health", "healthy")], false).await.unwrap();
     channel_at(&bed, "staging", &digest).await;
@@ -319,28 +330,40 @@ async fn only_the_newest_revisions_stay_in_parameter_store() {
     let env = |n: usize| json!({"container": {"env": [{"name": "GEN", "value": n.to_string()}]}});
     bed.create::<Tenant>(tenant_json("echo-r", &id, env(0))).await.unwrap();
     bed.wait_tenant("echo-r", Duration::from_secs(90), "Ready=True Converged", converged).await.unwrap();
-    // Seven more revisions, one after the other (each a new env, so a new revision parameter).
-    for n in 1..=7 {
-        bed.tenants()
-            .patch("echo-r", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"spec": env(n)})))
-            .await
-            .unwrap();
-        bed.wait_tenant("echo-r", Duration::from_secs(90), "the new revision applied", |t| {
+    let applied = |n: usize| {
+        move |t: &Tenant| {
             converged(t)
                 && t.status
                     .as_ref()
                     .is_some_and(|s| s.history.first().is_some_and(|h| h.result == "Succeeded") && s.history.len() > n)
-        })
-        .await
-        .unwrap();
+        }
+    };
+    // Three env changes, one after the other: three writes of the one parameter.
+    let before = puts(&bed);
+    for n in 1..=3 {
+        bed.tenants()
+            .patch("echo-r", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"spec": env(n)})))
+            .await
+            .unwrap();
+        bed.wait_tenant("echo-r", Duration::from_secs(90), "the new env applied", applied(n)).await.unwrap();
     }
-    let t = bed.tenants().get("echo-r").await.unwrap();
-    let st = t.status.unwrap();
-    let names = parameters_under(&bed, "/tenant-operator/echo-r/revisions");
-    assert!(names.len() <= tenant_operator::controller::tenant::REVISIONS_KEPT, "{} kept: {names:?}", names.len());
-    // The one running and the one before it (what a rollback needs) are among them.
-    for h in st.history.iter().take(2) {
-        assert!(names.iter().any(|n| n.ends_with(&h.revision)), "{} was pruned: {names:?}", h.revision);
-    }
-    assert_eq!(st.history.len(), 8);
+    assert_eq!(puts(&bed) - before, 3, "one write per env change");
+    // A new digest, the same env: no write at all.
+    let moved = bed.stack.push_image("platform-tenant", "staging", &[("sim.version", "2")], false).await.unwrap();
+    channel_at(&bed, "staging", &moved).await;
+    bed.wait_tenant("echo-r", Duration::from_secs(90), "the new digest applied", applied(4)).await.unwrap();
+    assert_eq!(puts(&bed) - before, 3, "a digest-only change wrote the revision parameter");
+
+    let st = bed.tenants().get("echo-r").await.unwrap().status.unwrap();
+    assert_eq!(parameters_under(&bed, "/tenant-operator/echo-r"), ["/tenant-operator/echo-r/revision"]);
+    let revs: Vec<&str> = st.history.iter().filter(|h| h.action == "apply").map(|h| h.revision.as_str()).collect();
+    assert_eq!(revs.len(), 5, "{:?}", st.history);
+    // Newest first: the digest move kept the base; each env change made a new one.
+    assert_eq!(revs[0][..32], revs[1][..32], "{revs:?}");
+    assert_eq!(&revs[0][32..], &moved[7..39], "{revs:?}");
+    let bases: std::collections::BTreeSet<&str> = revs[1..].iter().map(|r| &r[..32]).collect();
+    assert_eq!(bases.len(), 4, "{revs:?}");
+    // The host applied exactly what the operator named.
+    let observed = st.observed.as_ref().and_then(|o| o.applied_revision.as_deref());
+    assert_eq!(observed, Some(revs[0]));
 }

@@ -256,7 +256,8 @@ async fn double_applies(bed: &Bed) -> Vec<(String, usize)> {
         if action == "observe" || action.is_empty() {
             continue;
         }
-        let revision = p["revision"][0].as_str().or(p["revision"].as_str()).unwrap_or("");
+        // The command names the digest; the host's report, the revision it applied.
+        let revision = r["revision"].as_str().unwrap_or("");
         *seen.entry(format!("{} {action} {revision}", r["instance_id"].as_str().unwrap_or(""))).or_default() += 1;
     }
     seen.into_iter().filter(|(_, n)| *n > 1).collect()

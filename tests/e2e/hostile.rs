@@ -301,14 +301,14 @@ async fn hostile_env_values_arrive_byte_for_byte_and_nothing_executes_or_resolve
     assert!(bed_hits.is_empty(), "a value executed in the bed: {bed_hits:?}");
     assert!(bed.stack.host_dir(&id).join("var/lib/docker-sim").is_dir(), "the host sandbox is where we think");
 
-    // The commands carried only `action` and `revision`, with safe values.
+    // The commands carried only `action` and `digest`, with safe values.
     let timeline = bed.stack.timeline().await.unwrap();
     let records = timeline.as_array().unwrap();
     assert!(records.iter().any(|r| action_of(r) == "apply"));
     for r in records {
         let params = r["parameters"].as_object().unwrap();
         for (name, value) in params {
-            assert!(name == "action" || name == "revision", "unexpected parameter {name}: {r}");
+            assert!(name == "action" || name == "digest", "unexpected parameter {name}: {r}");
             let values: Vec<&str> = match value {
                 Value::Array(a) => a.iter().map(|x| x.as_str().unwrap()).collect(),
                 Value::String(s) => vec![s.as_str()],
@@ -318,7 +318,10 @@ async fn hostile_env_values_arrive_byte_for_byte_and_nothing_executes_or_resolve
                 let ok = if name == "action" {
                     ["observe", "apply", "switch", "prune"].contains(&v)
                 } else {
-                    v.len() <= 64 && v.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+                    v.is_empty()
+                        || v.strip_prefix("sha256:").is_some_and(|h| {
+                            h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                        })
                 };
                 assert!(ok, "parameter {name}={v:?} is not a safe value");
             }

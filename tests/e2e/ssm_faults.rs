@@ -281,4 +281,18 @@ async fn k_of_fifty_failing_in_one_batch_halts_with_exactly_those_counted() {
     assert!(per_command.values().all(|n| *n <= 50), "{per_command:?}");
     let widest_observe = per_command.iter().filter(|((_, a), _)| *a == "observe").map(|(_, n)| *n).max();
     assert!(widest_observe.is_some_and(|n| n > 1), "no observe shared a command: {per_command:?}");
+    // The batch's applies of v2 shared SendCommands whose text names the digest, nothing of a host.
+    let timeline = bed.stack.timeline().await.unwrap();
+    let mut v2_commands: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in timeline.as_array().unwrap() {
+        let p = &r["parameters"];
+        let digest = p["digest"][0].as_str().or(p["digest"].as_str()).unwrap_or("");
+        if crate::hostile::action_of(r) == "apply" && digest == v2 {
+            *v2_commands.entry(r["command_id"].as_str().unwrap()).or_default() += 1;
+        }
+    }
+    let sent: usize = v2_commands.values().sum();
+    println!("the first batch's {sent} applies of v2 went out in {} SendCommands", v2_commands.len());
+    assert_eq!(sent, 50, "{v2_commands:?}");
+    assert!(v2_commands.len() <= 10, "50 applies in {} commands: {v2_commands:?}", v2_commands.len());
 }

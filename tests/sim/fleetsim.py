@@ -547,7 +547,19 @@ class Invocation:
         return {"instance_id": self.host.id, "command_id": c.id, "comment": c.comment,
                 "document_name": c.document_name, "document_version": c.document_version,
                 "parameters": c.parameters, "requested": c.requested, "start": self.start, "end": self.end,
-                "status": self.status, "status_details": self.details, "response_code": self.response_code}
+                "status": self.status, "status_details": self.details, "response_code": self.response_code,
+                "revision": self.reported_revision()}
+
+    def reported_revision(self):
+        """The revision the host's report names (what an apply applied; the command names only the
+        digest): the `revision` of the last JSON line of stdout, "" if there is none."""
+        lines = self.stdout.strip().splitlines()
+        try:
+            rep = json.loads(lines[-1]) if lines else {}
+        except ValueError:
+            return ""
+        rev = rep.get("revision") if isinstance(rep, dict) else None
+        return rev if isinstance(rev, str) else ""
 
 
 def command_status(c):

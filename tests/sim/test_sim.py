@@ -687,17 +687,17 @@ AGENT = os.path.join(HERE, "..", "..", "operator", "assets", "host-agent.sh")
 
 def agent_doc(bed):
     """The operator's document as document.rs builds it (header + the fixed script)."""
-    lines = ["#!/bin/bash", "AGENT_ACTION='{{ action }}'", "AGENT_REVISION='{{ revision }}'", "AGENT_VERSION=test",
+    lines = ["#!/bin/bash", "AGENT_ACTION='{{ action }}'", "AGENT_DIGEST='{{ digest }}'", "AGENT_VERSION=test",
              "PARAM_ROOT=/tenant-operator"] + open(AGENT).read().splitlines()
     params = {"action": {"type": "String", "allowedValues": ["observe", "apply", "switch", "prune", "inspect-legacy",
                                                               "adopt", "unadopt"]},
-              "revision": {"type": "String", "default": "", "allowedPattern": "^[a-z0-9]{0,64}$"}}
+              "digest": {"type": "String", "default": "", "allowedPattern": "^(sha256:[a-f0-9]{64})?$"}}
     return make_doc(bed, lines, params)
 
 
-def agent(bed, doc, host, action, revision=""):
+def agent(bed, doc, host, action, digest=""):
     cid = bed.ssm.send_command(DocumentName=doc, InstanceIds=[host["instance_id"]],
-                               Parameters={"action": [action], "revision": [revision]})["Command"]["CommandId"]
+                               Parameters={"action": [action], "digest": [digest]})["Command"]["CommandId"]
     inv = wait_invocation(bed, cid, host["instance_id"], timeout=60)
     return json.loads(inv["StandardOutputContent"].strip().splitlines()[-1]), inv
 
@@ -707,11 +707,12 @@ def b64s(s):
     return base64.b64encode(s.encode()).decode()
 
 
-def revision_value(image, digest, envrev="e" * 32, extra=()):
-    return "\n".join(["tenant-operator-revision v1", f"image {b64s(image)}", f"digest {digest}", f"envrev {envrev}",
+def revision_value(image, base, envrev="e" * 32, extra=()):
+    """A revision parameter's value: everything but the digest, which the command carries."""
+    return "\n".join(["tenant-operator-revision v2", f"image {b64s(image)}", f"envrev {envrev}",
                       "name app", "ports 8080 8081 8000", "cport 8080", f"health {b64s('/health')}", "timeout 20",
                       "strategy inplace", "keepwarm 600", "restart unless-stopped", "dockersock 0",
-                      "importedenv 1", *extra]) + "\n"
+                      "importedenv 1", *extra, f"base {base}"]) + "\n"
 
 
 def test_agent_inspects_adopts_and_releases_a_legacy_host(bed):
@@ -733,11 +734,13 @@ def test_agent_inspects_adopts_and_releases_a_legacy_host(bed):
     assert rep["managed"] is False and rep["unmanagedContainers"] == 1 and rep["cron"] == "active"
     assert "t0p-s3cr3t" not in json.dumps(inv)
     # adopt: the revision is stored by the operator; the host stores the env under its own prefix
-    rev = "a" * 32
-    bed.ssm.put_parameter(Name=f"/tenant-operator/adopt-org/revisions/{rev}", Type="SecureString",
-                          Value=revision_value(lg["image"], digest))
-    rep, inv = agent(bed, doc, host, "adopt", rev)
+    base = "a" * 32
+    bed.ssm.put_parameter(Name="/tenant-operator/adopt-org/revision", Type="SecureString",
+                          Value=revision_value(lg["image"], base))
+    rep, inv = agent(bed, doc, host, "adopt", digest)
     assert rep["status"] == "ok" and rep["detail"] == "adopted", inv
+    # The host names the revision by the parameter's base and the digest, as the operator does.
+    assert rep["revision"] == base + digest[7:39] and rep["applied"] == rep["revision"], rep
     assert rep["managed"] is True and rep["adopted"] is True and rep["cron"] == "disabled"
     assert rep["active"] == "blue" and rep["slots"]["blue"]["digest"] == digest
     assert rep["slots"]["blue"]["health"] == "healthy" and rep["unmanagedContainers"] == 0
@@ -751,15 +754,16 @@ def test_agent_inspects_adopts_and_releases_a_legacy_host(bed):
             assert "t0p-s3cr3t" not in open(os.path.join(root, f), errors="replace").read(), f
     cron_stays_idle(bed, host)
     # again: harmless
-    rep, _ = agent(bed, doc, host, "adopt", rev)
+    rep, _ = agent(bed, doc, host, "adopt", digest)
     assert rep["detail"] == "already-adopted"
     # an apply of a new digest replaces the adopted container with the imported options and env
     new = reg.push_image(bed.registry, "platform-tenant", "next", {"sim.version": "adopt-2"})
-    rev2 = "b" * 32
-    bed.ssm.put_parameter(Name=f"/tenant-operator/adopt-org/revisions/{rev2}", Type="SecureString",
-                          Value=revision_value(lg["image"], new, extra=[f"vol {b64s('/srv/data')} {b64s('/data')} rw"]))
-    rep, inv = agent(bed, doc, host, "apply", rev2)
+    bed.ssm.put_parameter(Name="/tenant-operator/adopt-org/revision", Type="SecureString", Overwrite=True,
+                          Value=revision_value(lg["image"], "b" * 32,
+                                               extra=[f"vol {b64s('/srv/data')} {b64s('/data')} rw"]))
+    rep, inv = agent(bed, doc, host, "apply", new)
     assert rep["status"] == "ok", inv
+    assert rep["applied"] == "b" * 32 + new[7:39], rep
     c = json.loads(docker(bed, host, "inspect", "app-blue").stdout)[0]
     assert "SECRET_TOKEN=t0p-s3cr3t" in c["Config"]["Env"] and "MULTI=a b" in c["Config"]["Env"]
     assert c["HostConfig"]["Binds"] == ["/srv/data:/data"]

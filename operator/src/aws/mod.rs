@@ -243,7 +243,7 @@ pub trait Aws: Send + Sync + 'static {
     ) -> Result<Option<Invocation>, AwsError>;
     /// ListCommandInvocations with details: every instance's invocation of one command (all pages).
     async fn command_invocations(&self, scope: &AwsScope, command_id: &str) -> Result<Vec<ListedInvocation>, AwsError>;
-    /// PutParameter as a SecureString that must not exist yet (revisions are immutable).
+    /// PutParameter as a SecureString, overwriting (a tenant's revision parameter is one name).
     async fn put_secure_parameter(&self, scope: &AwsScope, name: &str, value: &str) -> Result<(), AwsError>;
     /// Parameter names under a path (recursive).
     async fn list_parameters(&self, scope: &AwsScope, path: &str) -> Result<Vec<String>, AwsError>;

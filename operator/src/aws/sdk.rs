@@ -368,22 +368,23 @@ impl Aws for SdkAws {
     async fn put_secure_parameter(&self, scope: &AwsScope, name: &str, value: &str) -> Result<(), AwsError> {
         use aws_sdk_ssm::types::{ParameterTier, ParameterType};
         let c = self.clients(scope).await;
+        let put = |tier: ParameterTier| {
+            c.ssm
+                .put_parameter()
+                .name(name)
+                .value(value)
+                .r#type(ParameterType::SecureString)
+                .tier(tier)
+                .overwrite(true)
+                .send()
+        };
         let tier = if value.len() > 4096 { ParameterTier::Advanced } else { ParameterTier::Standard };
-        match c
-            .ssm
-            .put_parameter()
-            .name(name)
-            .value(value)
-            .r#type(ParameterType::SecureString)
-            .tier(tier)
-            .overwrite(false)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Names are content-addressed: an existing one already holds this value.
-            Err(e) if e.code() == Some("ParameterAlreadyExists") => Ok(()),
-            Err(e) => Err(classify(e)),
+        match put(tier.clone()).await.map_err(classify) {
+            // An advanced parameter never goes back to standard: a short value keeps its tier.
+            Err(AwsError::Invalid(_)) if tier == ParameterTier::Standard => {
+                put(ParameterTier::Advanced).await.map(|_| ()).map_err(classify)
+            }
+            other => other.map(|_| ()),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod channel;
 pub mod claims;
 pub mod collector;
 pub mod coordinator;
+pub mod dispatch;
 pub mod error;
 pub mod leader;
 pub mod notifier;
@@ -110,6 +111,8 @@ pub struct Context {
     lookups: std::sync::OnceLock<batch::Batcher<crate::aws::InstanceQuery, Vec<crate::aws::InstanceInfo>>>,
     /// Batches agent pings (started on first use).
     pings: std::sync::OnceLock<batch::Batcher<String, crate::aws::Ping>>,
+    /// Batches applies and adoptions of one digest (started on first use).
+    dispatcher: std::sync::OnceLock<Arc<dispatch::Dispatcher>>,
     /// Batches observe commands (set by [`Context::new`]).
     pub observer: std::sync::OnceLock<observer::Observer>,
     /// The resourceVersion each Tenant's last status write returned, by (namespace, name): a
@@ -142,6 +145,7 @@ impl Context {
             claims: claims::Index::default(),
             collector,
             lookups: std::sync::OnceLock::new(),
+            dispatcher: std::sync::OnceLock::new(),
             pings: std::sync::OnceLock::new(),
             observer: std::sync::OnceLock::new(),
             written: std::sync::Mutex::new(HashMap::new()),
@@ -232,6 +236,13 @@ impl Context {
     /// The resourceVersion of a Tenant's last status write by this process.
     pub fn last_written(&self, ns: &str, name: &str) -> Option<String> {
         self.written.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.to_string(), name.to_string())).cloned()
+    }
+
+    /// The apply batcher, started on first use.
+    pub fn dispatcher(self: &Arc<Self>) -> Arc<dispatch::Dispatcher> {
+        self.dispatcher
+            .get_or_init(|| dispatch::Dispatcher::new(Arc::downgrade(self), self.settings.observe_batch_window))
+            .clone()
     }
 
     /// The instance-lookup batcher, started on first use.

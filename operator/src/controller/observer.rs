@@ -65,9 +65,8 @@ async fn send(ctx: &Context, scope: &AwsScope, requested: &[String]) -> Result<S
             Error::Aws(aws) => aws,
             other => AwsError::Other(other.to_string()),
         })?;
-        let mut parameters = BTreeMap::new();
-        parameters.insert("action".to_string(), "observe".to_string());
-        parameters.insert("revision".to_string(), String::new());
+        let parameters =
+            BTreeMap::from([("action".to_string(), "observe".to_string()), ("digest".to_string(), String::new())]);
         let cmd = SendCommand {
             document: document::DOCUMENT_NAME.to_string(),
             document_version: version,

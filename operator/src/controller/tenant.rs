@@ -363,12 +363,8 @@ impl Tenant {
                 let imported = status.adoption.as_ref().and_then(|a| a.imported.clone()).unwrap_or_default();
                 match self.adoption_revision(ctx, &ns_of(self)?, &imported).await? {
                     Ok(rev) => {
-                        let name =
-                            revision::parameter_name(&ctx.settings.document.param_root, &self.spec.slug, &rev.id);
-                        ctx.aws.put_secure_parameter(&scope, &name, &rev.value).await?;
                         info!(tenant = %self.name_any(), revision = %rev.id, digest = %imported.digest, "adopting the hand-run container");
-                        self.send(ctx, &scope, &instance, &mut status, "adopt", Some(rev.id.clone()), &now, generation)
-                            .await?;
+                        self.send(ctx, &scope, &instance, &mut status, "adopt", Some(&rev), &now, generation).await?;
                         ctx.settings.poll_interval
                     }
                     Err(problem) => {
@@ -378,7 +374,7 @@ impl Tenant {
                 }
             }
             (Step::Nothing, Next::Poll) => {
-                let (requeue, waiting) = self.poll(ctx, &scope, &instance, &mut status, &now).await?;
+                let (requeue, waiting) = self.poll(ctx, &scope, &instance, &mut status, desired.as_ref(), &now).await?;
                 if waiting.is_some() {
                     reachable = waiting;
                 }
@@ -399,9 +395,7 @@ impl Tenant {
             }
             (Step::Nothing, Next::Apply) => {
                 let rev = desired.as_ref().ok_or(Error::MissingField("desired revision"))?;
-                let name = revision::parameter_name(&ctx.settings.document.param_root, &self.spec.slug, &rev.id);
-                ctx.aws.put_secure_parameter(&scope, &name, &rev.value).await?;
-                self.send(ctx, &scope, &instance, &mut status, "apply", Some(rev.id.clone()), &now, generation).await?;
+                self.send(ctx, &scope, &instance, &mut status, "apply", Some(rev), &now, generation).await?;
                 ctx.settings.poll_interval
             }
             (Step::Nothing, Next::Wait(d)) => d,
@@ -412,27 +406,35 @@ impl Tenant {
         Ok(Action::requeue(requeue))
     }
 
-    /// Writes the intent, then sends the command (the token travels in the comment).
+    /// Writes the intent, then sends the command (the token travels in the comment). A revision
+    /// (apply, adopt) goes in a batch with other tenants' of the same digest, after its parameter
+    /// is written when its base is not the one the last apply or adopt sent.
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
-        ctx: &Context,
+        ctx: &Arc<Context>,
         scope: &AwsScope,
         instance: &str,
         status: &mut TenantStatus,
         action: &str,
-        revision: Option<String>,
+        rev: Option<&DesiredRevision>,
         now: &Timestamp,
         generation: Option<i64>,
     ) -> Result<(), Error> {
         let version = ctx.document_version(scope).await?;
-        let token = uuid::Uuid::new_v4().simple().to_string();
+        let put = rev.filter(|r| last_sent_base(status) != Some(r.base.as_str()));
+        let ticket = rev.map(|r| ctx.dispatcher().join(scope, action, &r.digest));
+        let token = match &ticket {
+            Some(t) => t.token().to_string(),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let revision = rev.map(|r| r.id.clone());
         let intent = InFlightCommand {
             intent_token: token.clone(),
             command_id: None,
             action: action.to_string(),
             revision: revision.clone(),
-            digest: status.target.as_ref().map(|t| t.digest.clone()),
+            digest: rev.map(|r| r.digest.clone()).or_else(|| status.target.as_ref().map(|t| t.digest.clone())),
             started_at: now.to_string(),
         };
         status.in_flight = Some(intent.clone());
@@ -456,11 +458,20 @@ impl Tenant {
             // As if the process died here: this reconcile never finishes.
             std::future::pending::<()>().await;
         }
-        let id = self.send_intent(ctx, scope, instance, &intent, &version).await?;
+        if let Some(r) = put {
+            self.store_revision(ctx, scope, r).await?;
+        }
+        let id = match ticket {
+            Some(t) => t.send(instance).await?,
+            None => {
+                let id = self.send_intent(ctx, scope, instance, &intent, &version).await?;
+                ctx.metrics.command(action, "sent");
+                id
+            }
+        };
         if ctx.faults.crash_after_send.load(std::sync::atomic::Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-        ctx.metrics.command(action, "sent");
         if let Some(f) = status.in_flight.as_mut() {
             f.command_id = Some(id);
         }
@@ -475,9 +486,12 @@ impl Tenant {
         intent: &InFlightCommand,
         version: &str,
     ) -> Result<String, Error> {
-        let mut parameters = BTreeMap::new();
-        parameters.insert("action".to_string(), intent.action.clone());
-        parameters.insert("revision".to_string(), intent.revision.clone().unwrap_or_default());
+        let digest = match intent.action.as_str() {
+            "apply" | "adopt" => intent.digest.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
+        let parameters =
+            BTreeMap::from([("action".to_string(), intent.action.clone()), ("digest".to_string(), digest)]);
         let cmd = SendCommand {
             document: document::DOCUMENT_NAME.to_string(),
             document_version: version.to_string(),
@@ -489,6 +503,12 @@ impl Tenant {
         Ok(ctx.aws.send_command(scope, &cmd).await?)
     }
 
+    /// Writes the tenant's revision parameter (its base: everything but the digest).
+    async fn store_revision(&self, ctx: &Context, scope: &AwsScope, rev: &DesiredRevision) -> Result<(), Error> {
+        let name = revision::parameter_name(&ctx.settings.document.param_root, &self.spec.slug);
+        Ok(ctx.aws.put_secure_parameter(scope, &name, &rev.value).await?)
+    }
+
     /// Follows the command in flight; finds it by its token after a restart instead of resending.
     async fn poll(
         &self,
@@ -496,6 +516,7 @@ impl Tenant {
         scope: &AwsScope,
         instance: &str,
         status: &mut TenantStatus,
+        desired: Option<&DesiredRevision>,
         now: &Timestamp,
     ) -> Result<(Duration, Option<Cond>), Error> {
         let Some(mut f) = status.in_flight.clone() else { return Ok((Duration::ZERO, None)) };
@@ -507,7 +528,26 @@ impl Tenant {
                     f.command_id = Some(id);
                 }
                 None => {
-                    // The operator stopped between writing the intent and sending: send it now, once.
+                    // Never sent (the operator stopped between the intent and the send, or the batch
+                    // went without it): send it now, once, alone. A revision is written again first
+                    // (the stop may have come before its parameter was); one that is no longer the
+                    // desired one is not sent at all, and goes to history as never delivered, so
+                    // that the next apply writes the parameter again.
+                    let carries_revision = matches!(f.action.as_str(), "apply" | "adopt");
+                    let still_desired =
+                        desired.filter(|d| f.action == "apply" && f.revision.as_deref() == Some(d.id.as_str()));
+                    if carries_revision && still_desired.is_none() {
+                        let unsent = Invocation {
+                            status: InvocationStatus::Undeliverable,
+                            stdout: String::new(),
+                            stderr: String::new(),
+                        };
+                        self.finish(ctx, status, &f, &unsent, now);
+                        return Ok((Duration::from_millis(100), None));
+                    }
+                    if let Some(rev) = still_desired {
+                        self.store_revision(ctx, scope, rev).await?;
+                    }
                     let version = ctx.document_version(scope).await?;
                     let id = self.send_intent(ctx, scope, instance, &f, &version).await?;
                     ctx.metrics.command(&f.action, "sent");
@@ -539,12 +579,6 @@ impl Tenant {
             return Ok((ctx.settings.poll_interval, None));
         }
         self.finish(ctx, status, &f, &inv, now);
-        if f.action == "apply" && status.history.first().is_some_and(|h| h.result == "Succeeded") {
-            // Old revisions go; the newest few stay for rollback. A failure here is not the apply's.
-            if let Err(e) = self.prune_revisions(ctx, scope, status).await {
-                warn!(tenant = %self.name_any(), error = %e, "could not prune old revision parameters");
-            }
-        }
         Ok((Duration::from_millis(100), None))
     }
 
@@ -783,6 +817,9 @@ impl Tenant {
             }
             Err(e @ revision::RevisionError::InvalidSmokeCheck(_)) => {
                 Err(Cond::no(ct::SECRETS_SYNCED, "InvalidSmokeCheck", e.to_string()))
+            }
+            Err(e @ revision::RevisionError::InvalidDigest(_)) => {
+                Err(Cond::no(ct::SECRETS_SYNCED, "InvalidDigest", e.to_string()))
             }
         }
     }
@@ -1103,20 +1140,6 @@ impl Tenant {
     }
 
     /// Deletion: remove the tenant's parameters; the host keeps running.
-    /// Deletes the revision parameters that are neither among the newest applied ones nor the one
-    /// the host reports.
-    async fn prune_revisions(&self, ctx: &Context, scope: &AwsScope, status: &TenantStatus) -> Result<(), Error> {
-        let dir = format!("{}/revisions", parameter_prefix(&ctx.settings.document.param_root, &self.spec.slug));
-        let names = ctx.aws.list_parameters(scope, &dir).await?;
-        let applied = status.observed.as_ref().and_then(|o| o.applied_revision.as_deref());
-        let doomed = revisions_to_prune(&names, &status.history, applied, REVISIONS_KEPT);
-        if !doomed.is_empty() {
-            ctx.aws.delete_parameters(scope, &doomed).await?;
-            info!(tenant = %self.name_any(), removed = doomed.len(), "old revision parameters pruned");
-        }
-        Ok(())
-    }
-
     async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
         let prefix = parameter_prefix(&ctx.settings.document.param_root, &self.spec.slug);
         let scope = self.scope();
@@ -1142,39 +1165,14 @@ fn ns_of(t: &Tenant) -> Result<String, Error> {
 /// A command not delivered after this long makes the operator ask whether the agent is online.
 const UNDELIVERED_PING_AFTER_SECS: i64 = 20;
 
-/// Revision parameters kept per tenant (the newest applied ones), so a rollback has what it needs.
-pub const REVISIONS_KEPT: usize = 5;
-
-/// The revision parameters to delete: all but those of the `keep` newest distinct revisions in the
-/// apply history and the one the host reports it applied. Pure.
-pub fn revisions_to_prune(
-    names: &[String],
-    history: &[crate::crd::ApplyRecord],
-    applied: Option<&str>,
-    keep: usize,
-) -> Vec<String> {
-    let mut kept: Vec<&str> = Vec::new();
-    for h in history.iter().filter(|h| h.action == "apply" && !h.revision.is_empty()) {
-        if kept.len() >= keep {
-            break;
-        }
-        if !kept.contains(&h.revision.as_str()) {
-            kept.push(&h.revision);
-        }
-    }
-    kept.extend(applied);
-    // With no history at all nothing is known to be old: keep everything.
-    if history.is_empty() {
-        return Vec::new();
-    }
-    names
-        .iter()
-        .filter(|n| {
-            let id = n.rsplit('/').next().unwrap_or_default();
-            !kept.contains(&id)
-        })
-        .cloned()
-        .collect()
+/// The base the tenant's revision parameter holds as far as the operator knows: that of the
+/// newest apply or adopt it sent or meant to send (in flight, else in history; an intent never sent
+/// is recorded in history when it is given up, so it counts too). Pure.
+pub fn last_sent_base(status: &TenantStatus) -> Option<&str> {
+    let carries = |action: &str| matches!(action, "apply" | "adopt");
+    let in_flight = status.in_flight.iter().filter(|f| carries(&f.action)).filter_map(|f| f.revision.as_deref());
+    let history = status.history.iter().filter(|h| carries(&h.action)).map(|h| h.revision.as_str());
+    in_flight.chain(history).next().map(revision::base_of)
 }
 
 /// The revision whose last apply failed, if the newest apply failed after the target was admitted
@@ -1235,17 +1233,22 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_revisions_and_the_applied_one_are_kept() {
-        let names: Vec<String> =
-            ["r1", "r2", "r3", "r4", "r5", "r6", "r7"].iter().map(|r| format!("/t/acme/revisions/{r}")).collect();
-        // Newest first; r6 failed once and succeeded later (one entry each).
-        let history =
-            vec![rec("r7", "Succeeded"), rec("r6", "RolledBack"), rec("r6", "Succeeded"), rec("r5", "Succeeded")];
-        let doomed = revisions_to_prune(&names, &history, Some("r2"), 2);
-        assert_eq!(
-            doomed,
-            vec!["/t/acme/revisions/r1", "/t/acme/revisions/r3", "/t/acme/revisions/r4", "/t/acme/revisions/r5"]
-        );
-        assert!(revisions_to_prune(&names, &[], None, 2).is_empty(), "no history: nothing is known to be old");
+    fn the_parameter_is_written_when_the_newest_revision_sent_had_another_base() {
+        let base = |c: char| c.to_string().repeat(32);
+        let id = |b: char, d: char| format!("{}{}", base(b), d.to_string().repeat(32));
+        let mut status = TenantStatus::default();
+        assert_eq!(last_sent_base(&status), None, "nothing sent: write it");
+        let observe = ApplyRecord { action: "observe".into(), ..rec(&id('9', '9'), "Succeeded") };
+        status.history = vec![observe, rec(&id('a', '1'), "Succeeded"), rec(&id('b', '1'), "Succeeded")];
+        assert_eq!(last_sent_base(&status), Some(base('a').as_str()), "the newest apply, not an observe");
+        status.in_flight = Some(crate::crd::InFlightCommand {
+            intent_token: "t".into(),
+            command_id: None,
+            action: "adopt".into(),
+            revision: Some(id('c', '2')),
+            digest: None,
+            started_at: "2026-01-01T00:00:00Z".into(),
+        });
+        assert_eq!(last_sent_base(&status), Some(base('c').as_str()), "what is in flight comes first");
     }
 }

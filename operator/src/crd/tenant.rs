@@ -444,7 +444,8 @@ pub struct HostObservation {
     /// Green slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub green: Option<SlotObservation>,
-    /// The revision marker the host applied last (`digest/envRevision`).
+    /// The revision the host applied last: its revision parameter's base id, then the first 32 hex
+    /// digits of the digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_revision: Option<String>,
     /// Whether the operator manages this host (an applied-revision marker exists).
@@ -475,7 +476,8 @@ pub struct InFlightCommand {
     pub command_id: Option<String>,
     /// `observe`, `apply`, `switch`, ...
     pub action: String,
-    /// The revision the command carries, if any.
+    /// The revision the command applies, if any (the command carries its digest; the host reads
+    /// the rest from its revision parameter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
     /// The image digest of that revision.

@@ -1,7 +1,9 @@
 //! The operator's own SSM Command document: one fixed script (`assets/host-agent.sh`), a header of
 //! constants quoted by `shell-quote`, and two parameters that SSM itself checks: `action` (one of a
-//! fixed list) and `revision` (a content id). No value a user controls ever enters the text, so SSM
-//! never gets the chance to resolve a `{{ssm:...}}` reference on a tenant's behalf.
+//! fixed list) and `digest` (the image digest, `sha256:` and 64 hex digits, or empty). Both are the
+//! same for every host of a batch: each host reads the rest of its revision under its own prefix.
+//! No value a user controls ever enters the text, so SSM never gets the chance to resolve a
+//! `{{ssm:...}}` reference on a tenant's behalf.
 
 use serde_json::json;
 use shell_quote::{Bash, Quote};
@@ -14,6 +16,9 @@ pub const AGENT_SCRIPT: &str = include_str!("../../assets/host-agent.sh");
 
 /// Actions the document accepts.
 pub const ACTIONS: &[&str] = &["observe", "apply", "switch", "prune", "inspect-legacy", "adopt", "unadopt"];
+
+/// What SSM lets through as the `digest` parameter.
+pub const DIGEST_PATTERN: &str = "^(sha256:[a-f0-9]{64})?$";
 
 /// What the operator fills into the header of the script.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +55,7 @@ pub fn script(constants: &DocumentConstants) -> String {
         "#!/bin/bash".to_string(),
         // SSM substitutes these two; allowedValues / allowedPattern keep them to safe characters.
         "AGENT_ACTION='{{ action }}'".to_string(),
-        "AGENT_REVISION='{{ revision }}'".to_string(),
+        "AGENT_DIGEST='{{ digest }}'".to_string(),
         format!("AGENT_VERSION={}", quoted(&agent_version(constants))),
         format!("PARAM_ROOT={}", quoted(&constants.param_root)),
     ];
@@ -70,11 +75,11 @@ pub fn content(constants: &DocumentConstants) -> String {
                 "description": "What to do",
                 "allowedValues": ACTIONS,
             },
-            "revision": {
+            "digest": {
                 "type": "String",
-                "description": "Revision id (content hash); empty for observe",
+                "description": "Image digest to apply (the rest of the revision is under the host's own prefix); empty but for apply and adopt",
                 "default": "",
-                "allowedPattern": "^[a-z0-9]{0,64}$",
+                "allowedPattern": DIGEST_PATTERN,
             },
         },
         "mainSteps": [{
@@ -100,11 +105,12 @@ mod tests {
         let s = script(&c);
         assert!(s.contains("PARAM_ROOT=$'/x\\'; rm -rf / #'") || s.contains("PARAM_ROOT='/x'\\''; rm -rf / #'"), "{s}");
         let doc: serde_json::Value = serde_json::from_str(&content(&c)).unwrap();
-        assert_eq!(doc["parameters"]["revision"]["allowedPattern"], "^[a-z0-9]{0,64}$");
+        assert_eq!(doc["parameters"]["digest"]["allowedPattern"], "^(sha256:[a-f0-9]{64})?$");
+        assert_eq!(doc["parameters"].as_object().unwrap().len(), 2);
         assert_eq!(doc["parameters"]["action"]["allowedValues"].as_array().unwrap().len(), ACTIONS.len());
         // The only `{{ }}` in the whole document are the two declared parameters.
         let text = content(&c);
         let refs: Vec<&str> = text.match_indices("{{").map(|(i, _)| &text[i..i + 14]).collect();
-        assert!(refs.iter().all(|r| r.starts_with("{{ action }}") || r.starts_with("{{ revision }")), "{refs:?}");
+        assert!(refs.iter().all(|r| r.starts_with("{{ action }}") || r.starts_with("{{ digest }}")), "{refs:?}");
     }
 }

@@ -1,10 +1,13 @@
-//! A tenant revision: everything the host needs to run the container, as one immutable
-//! SecureString under the tenant's own Parameter Store prefix.
+//! A tenant revision: everything the host needs to run the container but the image's digest, as
+//! one SecureString under the tenant's own Parameter Store prefix (`<root>/<slug>/revision`,
+//! overwritten when it changes); the digest travels in the command, the same for every host of a
+//! batch. A rollout that changes only the digest writes no parameter at all.
 //!
 //! The value is a line format the host agent parses without a shell: every user-controlled field is
 //! base64, decoded into a single argv element. Ids are HMACs keyed by the operator, so neither the
-//! revision id (which travels in the command) nor the env revision (shown in status) is a plain hash
-//! of secret values.
+//! base id (in the value, and the first half of the revision id) nor the env revision (shown in
+//! status) is a plain hash of secret values. The revision id is the base id followed by the first
+//! 32 hex digits of the digest: the host computes the same from the value and the command.
 
 use crate::crd::{ContainerSpec, SmokeCheck, SmokeMethod, Strategy};
 use base64::Engine;
@@ -34,8 +37,12 @@ pub struct Rollout {
 /// A revision ready to be stored.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DesiredRevision {
-    /// Content id (HMAC, 32 hex): the parameter's name and the command's only argument.
+    /// Revision id (64 hex): the base id, then the first 32 hex digits of the digest.
     pub id: String,
+    /// Base id (HMAC of the value, 32 hex): what the parameter holds.
+    pub base: String,
+    /// The image digest the command carries.
+    pub digest: String,
     /// HMAC of the env (32 hex), shown in status and on the container's label.
     pub env_revision: String,
     /// The parameter value. Holds secret values: never log it.
@@ -46,6 +53,8 @@ impl std::fmt::Debug for DesiredRevision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DesiredRevision")
             .field("id", &self.id)
+            .field("base", &self.base)
+            .field("digest", &self.digest)
             .field("env_revision", &self.env_revision)
             .field("value", &"<redacted>")
             .finish()
@@ -68,6 +77,9 @@ pub enum RevisionError {
     /// A smoke check's bearer names a key the tenant's env does not have.
     #[error("smoke check {0:?} takes its bearer from env key {1:?}, which the tenant's env does not have")]
     SmokeBearerMissing(String, String),
+    /// A digest that is not `sha256:` and 64 lowercase hex digits.
+    #[error("digest {0:?} is not sha256: and 64 lowercase hex digits")]
+    InvalidDigest(String),
     /// A smoke check that is not a plain name and path (the CRD schema already refuses these).
     #[error("smoke check {0:?} is not a DNS-label name with a path on the slot's own port")]
     InvalidSmokeCheck(String),
@@ -216,6 +228,10 @@ pub fn build_with_import(
     if let Some((bad, _)) = env.iter().find(|(_, v)| v.contains('\0')) {
         return Err(RevisionError::InvalidEnvValue(bad.clone()));
     }
+    let digest_hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .ok_or_else(|| RevisionError::InvalidDigest(digest.to_string()))?;
     let e = |s: &str| B64.encode(s.as_bytes());
     let env_rev = match imported_env_names {
         None => env_revision(key, env),
@@ -233,9 +249,8 @@ pub fn build_with_import(
         }
     };
     let mut lines = vec![
-        "tenant-operator-revision v1".to_string(),
+        "tenant-operator-revision v2".to_string(),
         format!("image {}", e(image)),
-        format!("digest {digest}"),
         format!("envrev {env_rev}"),
         format!("name {}", container.name),
         format!("ports {} {} {}", container.ports.blue, container.ports.green, container.ports.routing),
@@ -281,12 +296,15 @@ pub fn build_with_import(
     }
     // Part of the value, so part of the id: a change of the checks is a new revision.
     lines.extend(smoke_lines(&rollout.smoke_checks, env)?);
-    let value = lines.join("\n") + "\n";
+    let content = lines.join("\n") + "\n";
+    let base = hmac_hex(key, &[b"revision", content.as_bytes()]);
+    // The base id closes the value: the host names what it applied by it.
+    let value = format!("{content}base {base}\n");
     if value.len() > MAX_VALUE_BYTES {
         return Err(RevisionError::TooLarge(value.len()));
     }
-    let id = hmac_hex(key, &[b"revision", value.as_bytes()]);
-    Ok(DesiredRevision { id, env_revision: env_rev, value })
+    let id = format!("{base}{}", &digest_hex[..32]);
+    Ok(DesiredRevision { id, base, digest: digest.to_string(), env_revision: env_rev, value })
 }
 
 /// Name of the parameter an adopted host writes its hand-run container's env to (once).
@@ -294,9 +312,14 @@ pub fn imported_env_parameter(root: &str, slug: &str) -> String {
     format!("{}/{}/imported-env", root.trim_end_matches('/'), slug)
 }
 
-/// Name of a revision's parameter.
-pub fn parameter_name(root: &str, slug: &str, id: &str) -> String {
-    format!("{}/{}/revisions/{}", root.trim_end_matches('/'), slug, id)
+/// Name of the tenant's revision parameter (one per tenant, overwritten when the base changes).
+pub fn parameter_name(root: &str, slug: &str) -> String {
+    format!("{}/{}/revision", root.trim_end_matches('/'), slug)
+}
+
+/// The base id within a revision id.
+pub fn base_of(revision_id: &str) -> &str {
+    revision_id.get(..32).unwrap_or(revision_id)
 }
 
 #[cfg(test)]
@@ -390,7 +413,20 @@ mod tests {
         let a = build(b"k1", &c, "r/app", D, &env, &rollout()).unwrap();
         let b = build(b"k1", &c, "r/app", D, &env, &rollout()).unwrap();
         assert_eq!(a, b);
-        assert_eq!(a.id.len(), 32);
+        assert_eq!(a.id.len(), 64);
+        assert_eq!(a.id, format!("{}{}", a.base, &D[7..39]), "the base id, then the digest's first 32 hex digits");
+        assert!(a.value.ends_with(&format!("\nbase {}\n", a.base)));
+        assert!(!a.value.contains(&D[7..]), "the digest travels in the command, not in the value");
+        // Another digest: another revision, the same stored value (nothing to write).
+        let d2 = format!("sha256:{}", "f".repeat(64));
+        let moved = build(b"k1", &c, "r/app", &d2, &env, &rollout()).unwrap();
+        assert_eq!((moved.base.as_str(), moved.value.as_str()), (a.base.as_str(), a.value.as_str()));
+        assert_ne!(moved.id, a.id);
+        for bad in
+            ["sha256:abc", "sha512:00", "", "sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"]
+        {
+            assert_eq!(build(b"k1", &c, "r/app", bad, &env, &rollout()), Err(RevisionError::InvalidDigest(bad.into())));
+        }
         let other_key = build(b"k2", &c, "r/app", D, &env, &rollout()).unwrap();
         assert_ne!(a.id, other_key.id);
         assert_ne!(a.env_revision, other_key.env_revision);
