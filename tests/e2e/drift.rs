@@ -201,7 +201,12 @@ async fn deleting_a_tenant_removes_its_parameters_and_leaves_the_host_running() 
     let witness = launch_managed(&bed.stack, "witness", &[], HostState::Fresh).await.unwrap();
     bed.create::<Tenant>(tenant_json("witness", &witness, json!({}))).await.unwrap();
     bed.wait_tenant("delta", Duration::from_secs(90), "Ready=True Converged", converged).await.unwrap();
-    // A second revision, so more than one parameter exists.
+    // A second revision (the one revision parameter written again), and a parameter an older
+    // operator left under the tenant's prefix: both go with the tenant.
+    crate::hostile::aws_cli(
+        &bed,
+        &["ssm", "put-parameter", "--name", "/tenant-operator/delta/revisions/old", "--type", "String", "--value", "x"],
+    );
     bed.tenants()
         .patch(
             "delta",
@@ -216,7 +221,8 @@ async fn deleting_a_tenant_removes_its_parameters_and_leaves_the_host_running() 
     .await
     .unwrap();
     let before = parameters_under(&bed, "/tenant-operator/delta");
-    assert!(before.len() >= 2, "{before:?}");
+    assert_eq!(before.len(), 2, "{before:?}");
+    assert!(before.contains(&"/tenant-operator/delta/revision".to_string()), "{before:?}");
     assert!(before.iter().all(|n| n.starts_with("/tenant-operator/delta/")), "{before:?}");
 
     bed.tenants().delete("delta", &DeleteParams::default()).await.unwrap();
