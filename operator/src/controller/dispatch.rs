@@ -9,16 +9,13 @@
 //! command does not include its instance, and the tenant's next reconcile sends its own command
 //! under that token (`find_command` finds nothing for it, exactly as after a crash before the send).
 
+use super::batch::MAX_BATCH;
 use super::{Context, Error};
-use crate::aws::{AwsError, AwsScope, SendCommand};
-use crate::host::document;
-use std::collections::{BTreeMap, HashMap};
+use crate::aws::{AwsError, AwsScope};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
-
-/// Most instances SSM accepts in one SendCommand.
-pub const MAX_BATCH: usize = super::batch::MAX_BATCH;
 
 /// How long a batch waits for its members' intents after its window closed.
 const GRACE: Duration = Duration::from_secs(5);
@@ -156,22 +153,9 @@ impl Dispatcher {
 }
 
 async fn send(ctx: &Context, key: &Key, token: &str, instances: Vec<String>) -> Result<String, AwsError> {
-    let version = ctx.document_version(&key.scope).await.map_err(|e| match e {
-        Error::Aws(aws) => aws,
-        other => AwsError::Other(other.to_string()),
-    })?;
-    let cmd = SendCommand {
-        document: document::DOCUMENT_NAME.to_string(),
-        document_version: version,
-        instances,
-        parameters: BTreeMap::from([
-            ("action".to_string(), key.action.clone()),
-            ("digest".to_string(), key.digest.clone()),
-        ]),
-        comment: format!("tenant-operator intent={token}"),
-        timeout_seconds: 600,
-    };
-    let result = ctx.aws.send_command(&key.scope, &cmd).await;
+    let comment = format!("tenant-operator intent={token}");
+    let result =
+        ctx.send_document(&key.scope, &key.action, &key.digest, instances, comment).await.map_err(Error::into_aws);
     ctx.metrics.command(&key.action, if result.is_ok() { "sent" } else { "send_failed" });
     result
 }

@@ -65,6 +65,14 @@ impl Error {
         }
     }
 
+    /// As an AWS error, for what answers many tenants at once (a batch's outcome).
+    pub fn into_aws(self) -> AwsError {
+        match self {
+            Error::Aws(aws) => aws,
+            other => AwsError::Other(other.to_string()),
+        }
+    }
+
     /// Whether the API server refused the request (HTTP 403: RBAC).
     pub fn is_forbidden(&self) -> bool {
         matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 403)

@@ -255,6 +255,31 @@ impl Context {
         self.pings.get_or_init(|| batch::pings(self.aws.clone(), self.settings.lookup_batch_window)).clone()
     }
 
+    /// Sends the operator's document to `instances`: `action`, with `digest` (empty unless the
+    /// action applies a revision), `comment` carrying the command's token. Every command the
+    /// operator sends is built here.
+    pub async fn send_document(
+        &self,
+        scope: &AwsScope,
+        action: &str,
+        digest: &str,
+        instances: Vec<String>,
+        comment: String,
+    ) -> Result<String, Error> {
+        let cmd = crate::aws::SendCommand {
+            document: document::DOCUMENT_NAME.to_string(),
+            document_version: self.document_version(scope).await?,
+            instances,
+            parameters: std::collections::BTreeMap::from([
+                ("action".to_string(), action.to_string()),
+                ("digest".to_string(), digest.to_string()),
+            ]),
+            comment,
+            timeout_seconds: 600,
+        };
+        Ok(self.aws.send_command(scope, &cmd).await?)
+    }
+
     /// The document version to run in this scope, creating or updating the document first.
     pub async fn document_version(&self, scope: &AwsScope) -> Result<String, Error> {
         let mut docs = self.documents.lock().await;

@@ -5,14 +5,9 @@
 
 use super::batch::Batcher;
 use super::{Context, Error};
-use crate::aws::{AwsError, AwsScope, SendCommand};
-use crate::host::document;
-use std::collections::BTreeMap;
+use crate::aws::{AwsError, AwsScope};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Most instances SSM accepts in one SendCommand.
-pub const MAX_BATCH: usize = super::batch::MAX_BATCH;
 
 /// The sent batch, as one tenant sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,24 +55,10 @@ async fn send(ctx: &Context, scope: &AwsScope, requested: &[String]) -> Result<S
     instances.sort();
     instances.dedup();
     let token = uuid::Uuid::new_v4().simple().to_string();
-    let result = async {
-        let version = ctx.document_version(scope).await.map_err(|e| match e {
-            Error::Aws(aws) => aws,
-            other => AwsError::Other(other.to_string()),
-        })?;
-        let parameters =
-            BTreeMap::from([("action".to_string(), "observe".to_string()), ("digest".to_string(), String::new())]);
-        let cmd = SendCommand {
-            document: document::DOCUMENT_NAME.to_string(),
-            document_version: version,
-            instances,
-            parameters,
-            comment: format!("tenant-operator observe={token}"),
-            timeout_seconds: 600,
-        };
-        ctx.aws.send_command(scope, &cmd).await
-    }
-    .await;
+    let result = ctx
+        .send_document(scope, "observe", "", instances, format!("tenant-operator observe={token}"))
+        .await
+        .map_err(Error::into_aws);
     ctx.metrics.command("observe", if result.is_ok() { "sent" } else { "send_failed" });
     result.map(|command_id| Sent { token, command_id })
 }

@@ -2,7 +2,7 @@
 //! observed back as status and conditions. It carries out `status.target`; it never decides it.
 
 use super::{Context, Error, FINALIZER, MANAGER};
-use crate::aws::{AwsScope, InstanceQuery, Invocation, InvocationStatus, Ping, SendCommand};
+use crate::aws::{AwsScope, InstanceQuery, Invocation, InvocationStatus, Ping};
 use crate::core::adoption::{self, Step};
 use crate::core::conditions::{self, Cond};
 use crate::core::report::{self, CommandResult, Delivery, HostReport, short_digest};
@@ -11,7 +11,6 @@ use crate::crd::{
     AdoptionMode, AdoptionStatus, ApplyRecord, ImportedContainer, InFlightCommand, RolloutPolicySpec, Tenant,
     TenantStatus, condition as ct,
 };
-use crate::host::document;
 use crate::host::revision::{self, DesiredRevision, Rollout};
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
@@ -421,7 +420,8 @@ impl Tenant {
         now: &Timestamp,
         generation: Option<i64>,
     ) -> Result<(), Error> {
-        let version = ctx.document_version(scope).await?;
+        // The document exists before the intent is written (a failure here leaves no intent).
+        ctx.document_version(scope).await?;
         let put = rev.filter(|r| last_sent_base(status) != Some(r.base.as_str()));
         let ticket = rev.map(|r| ctx.dispatcher().join(scope, action, &r.digest));
         let token = match &ticket {
@@ -464,7 +464,7 @@ impl Tenant {
         let id = match ticket {
             Some(t) => t.send(instance).await?,
             None => {
-                let id = self.send_intent(ctx, scope, instance, &intent, &version).await?;
+                let id = self.send_intent(ctx, scope, instance, &intent).await?;
                 ctx.metrics.command(action, "sent");
                 id
             }
@@ -484,23 +484,13 @@ impl Tenant {
         scope: &AwsScope,
         instance: &str,
         intent: &InFlightCommand,
-        version: &str,
     ) -> Result<String, Error> {
         let digest = match intent.action.as_str() {
             "apply" | "adopt" => intent.digest.clone().unwrap_or_default(),
             _ => String::new(),
         };
-        let parameters =
-            BTreeMap::from([("action".to_string(), intent.action.clone()), ("digest".to_string(), digest)]);
-        let cmd = SendCommand {
-            document: document::DOCUMENT_NAME.to_string(),
-            document_version: version.to_string(),
-            instances: vec![instance.to_string()],
-            parameters,
-            comment: format!("tenant-operator intent={}", intent.intent_token),
-            timeout_seconds: 600,
-        };
-        Ok(ctx.aws.send_command(scope, &cmd).await?)
+        let comment = format!("tenant-operator intent={}", intent.intent_token);
+        ctx.send_document(scope, &intent.action, &digest, vec![instance.to_string()], comment).await
     }
 
     /// Writes the tenant's revision parameter (its base: everything but the digest).
@@ -548,8 +538,7 @@ impl Tenant {
                     if let Some(rev) = still_desired {
                         self.store_revision(ctx, scope, rev).await?;
                     }
-                    let version = ctx.document_version(scope).await?;
-                    let id = self.send_intent(ctx, scope, instance, &f, &version).await?;
+                    let id = self.send_intent(ctx, scope, instance, &f).await?;
                     ctx.metrics.command(&f.action, "sent");
                     f.command_id = Some(id);
                 }
