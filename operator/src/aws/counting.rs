@@ -143,6 +143,16 @@ impl<A: Aws> Aws for Counting<A> {
         self.seen(op::LIST_COMMANDS, self.inner.find_command(scope, instance, token).await)
     }
 
+    async fn commands_since(
+        &self,
+        scope: &AwsScope,
+        document: &str,
+        since: jiff::Timestamp,
+    ) -> Result<Vec<CommandProgress>, AwsError> {
+        self.count(op::LIST_COMMANDS);
+        self.seen(op::LIST_COMMANDS, self.inner.commands_since(scope, document, since).await)
+    }
+
     async fn invocation(
         &self,
         scope: &AwsScope,
@@ -197,6 +207,14 @@ mod tests {
         }
         async fn find_command(&self, _: &AwsScope, _: &str, _: &str) -> Result<Option<String>, AwsError> {
             Ok(None)
+        }
+        async fn commands_since(
+            &self,
+            _: &AwsScope,
+            _: &str,
+            _: jiff::Timestamp,
+        ) -> Result<Vec<CommandProgress>, AwsError> {
+            Ok(vec![])
         }
         async fn invocation(&self, _: &AwsScope, _: &str, _: &str) -> Result<Option<Invocation>, AwsError> {
             Err(AwsError::NotFound("InvocationDoesNotExist".into()))

@@ -14,12 +14,20 @@ pub struct Fleet {
     pub offline: Vec<String>,
     /// How the command stands on every instance.
     pub status: Mutex<Option<InvocationStatus>>,
+    /// Instances where it stands otherwise.
+    pub per_instance: Mutex<BTreeMap<String, InvocationStatus>>,
     /// What each instance printed.
     pub outputs: BTreeMap<String, String>,
 }
 
+/// The id ListCommands gives the fleet's one command.
+pub const COMMAND: &str = "cmd";
+
 impl Fleet {
-    fn status(&self) -> InvocationStatus {
+    fn status(&self, instance: &str) -> InvocationStatus {
+        if let Some(s) = self.per_instance.lock().unwrap_or_else(|e| e.into_inner()).get(instance) {
+            return s.clone();
+        }
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or(InvocationStatus::Pending)
     }
 }
@@ -48,18 +56,40 @@ impl Aws for Fleet {
     async fn find_command(&self, _: &AwsScope, _: &str, _: &str) -> Result<Option<String>, AwsError> {
         Ok(None)
     }
+    async fn commands_since(
+        &self,
+        _: &AwsScope,
+        _: &str,
+        _: jiff::Timestamp,
+    ) -> Result<Vec<CommandProgress>, AwsError> {
+        let statuses: Vec<_> = self.outputs.keys().map(|i| self.status(i)).collect();
+        let completed = statuses.iter().filter(|s| s.is_final()).count();
+        let status = if completed == statuses.len() {
+            InvocationStatus::Success
+        } else if statuses.iter().all(|s| *s == InvocationStatus::Pending) {
+            InvocationStatus::Pending
+        } else {
+            InvocationStatus::InProgress
+        };
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(vec![CommandProgress {
+            id: COMMAND.into(),
+            status,
+            targets: count(statuses.len()),
+            completed: count(completed),
+        }])
+    }
     async fn invocation(&self, _: &AwsScope, _: &str, instance: &str) -> Result<Option<Invocation>, AwsError> {
-        let status = self.status();
+        let status = self.status(instance);
         Ok(self.outputs.get(instance).map(|o| Invocation { status, stdout: o.clone(), stderr: String::new() }))
     }
     async fn command_invocations(&self, _: &AwsScope, _: &str) -> Result<Vec<ListedInvocation>, AwsError> {
-        let status = self.status();
         Ok(self
             .outputs
             .iter()
             .map(|(i, o)| {
                 let cut: String = o.chars().take(LISTED_OUTPUT_LIMIT).collect();
-                ListedInvocation::from_listing(i.clone(), status.clone(), &cut)
+                ListedInvocation::from_listing(i.clone(), self.status(i), &cut)
             })
             .collect())
     }

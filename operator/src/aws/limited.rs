@@ -114,6 +114,16 @@ impl<A: Aws> Aws for Limited<A> {
         self.inner.find_command(scope, instance, token).await
     }
 
+    async fn commands_since(
+        &self,
+        scope: &AwsScope,
+        document: &str,
+        since: jiff::Timestamp,
+    ) -> Result<Vec<CommandProgress>, AwsError> {
+        self.run_command.until_key_ready(scope).await;
+        self.inner.commands_since(scope, document, since).await
+    }
+
     async fn invocation(
         &self,
         scope: &AwsScope,

@@ -183,6 +183,19 @@ impl ListedInvocation {
     }
 }
 
+/// One command as ListCommands reports it: how far its invocations have got, all at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandProgress {
+    /// Command id.
+    pub id: String,
+    /// The command's own status (Pending while every invocation is).
+    pub status: InvocationStatus,
+    /// Invocations in all.
+    pub targets: u32,
+    /// Invocations that reached a final status.
+    pub completed: u32,
+}
+
 /// A command to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SendCommand {
@@ -241,6 +254,14 @@ pub trait Aws: Send + Sync + 'static {
         command_id: &str,
         instance: &str,
     ) -> Result<Option<Invocation>, AwsError>;
+    /// ListCommands: every command of `document` sent at or after `since` (all pages), with how
+    /// many of its invocations are final.
+    async fn commands_since(
+        &self,
+        scope: &AwsScope,
+        document: &str,
+        since: jiff::Timestamp,
+    ) -> Result<Vec<CommandProgress>, AwsError>;
     /// ListCommandInvocations with details: every instance's invocation of one command (all pages).
     async fn command_invocations(&self, scope: &AwsScope, command_id: &str) -> Result<Vec<ListedInvocation>, AwsError>;
     /// PutParameter as a SecureString, overwriting (a tenant's revision parameter is one name).

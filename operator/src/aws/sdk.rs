@@ -307,6 +307,47 @@ impl Aws for SdkAws {
         }
     }
 
+    async fn commands_since(
+        &self,
+        scope: &AwsScope,
+        document: &str,
+        since: jiff::Timestamp,
+    ) -> Result<Vec<CommandProgress>, AwsError> {
+        use aws_sdk_ssm::types::{CommandFilter, CommandFilterKey};
+        let c = self.clients(scope).await;
+        let filter = |key: CommandFilterKey, value: String| {
+            CommandFilter::builder().key(key).value(value).build().map_err(|e| AwsError::Invalid(e.to_string()))
+        };
+        // Whole seconds: SSM's date filter takes ISO 8601 without a fraction.
+        let after = filter(CommandFilterKey::InvokedAfter, since.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())?;
+        let doc = filter(CommandFilterKey::DocumentName, document.to_string())?;
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut req = c.ssm.list_commands().filters(after.clone()).filters(doc.clone()).max_results(50);
+            if let Some(t) = &next {
+                req = req.next_token(t);
+            }
+            let resp = req.send().await.map_err(classify)?;
+            for cmd in resp.commands() {
+                let Some(id) = cmd.command_id() else { continue };
+                out.push(CommandProgress {
+                    id: id.to_string(),
+                    status: InvocationStatus::parse_with_details(
+                        cmd.status().map(|s| s.as_str()).unwrap_or("Pending"),
+                        cmd.status_details(),
+                    ),
+                    targets: u32::try_from(cmd.target_count()).unwrap_or(0),
+                    completed: u32::try_from(cmd.completed_count()).unwrap_or(0),
+                });
+            }
+            next = resp.next_token().map(str::to_string);
+            if next.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
     async fn invocation(
         &self,
         scope: &AwsScope,

@@ -547,7 +547,12 @@ impl Tenant {
             return Ok((ctx.settings.poll_interval, None));
         }
         let id = f.command_id.clone().unwrap_or_default();
-        let Some(inv) = ctx.collector.invocation(ctx.aws.as_ref(), scope, &id, instance).await? else {
+        // The intent's time: the command went out after it (after a restart too).
+        let sent = f
+            .started_at
+            .parse::<Timestamp>()
+            .unwrap_or_else(|_| now.checked_sub(jiff::SignedDuration::from_hours(1)).unwrap_or(*now));
+        let Some(inv) = ctx.collector.invocation(ctx.aws.as_ref(), scope, &id, instance, sent).await? else {
             return Ok((ctx.settings.poll_interval, None));
         };
         if !inv.status.is_final() {
