@@ -34,7 +34,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -149,6 +149,7 @@ async fn write_target(ctx: &Context, ns: &str, tenant: &str, target: &Revision) 
     let api: Api<Tenant> = Api::namespaced(ctx.client.clone(), ns);
     let patch = json!({"apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant", "status": {"target": target}});
     api.patch_status(tenant, &PatchParams::apply(COORDINATOR_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    ctx.target_written(ns, tenant, target);
     Ok(())
 }
 
@@ -267,6 +268,21 @@ pub async fn request(
     Ok(token)
 }
 
+/// Puts the targets the coordinator wrote (by namespace and name) over `tenants` of `ns` where
+/// they do not show them yet, and forgets those they show.
+pub fn overlay_written(ns: &str, tenants: &mut [Tenant], written: &mut HashMap<(String, String), Revision>) {
+    for t in tenants {
+        let key = (ns.to_string(), t.name_any());
+        let Some(mine) = written.get(&key) else { continue };
+        let status = t.status.get_or_insert_with(Default::default);
+        if status.target.as_ref() == Some(mine) {
+            written.remove(&key);
+        } else {
+            status.target = Some(mine.clone());
+        }
+    }
+}
+
 /// How the coordinator sees one tenant relative to its target.
 pub fn view(t: &Tenant) -> TenantView {
     let st = t.status.clone().unwrap_or_default();
@@ -301,12 +317,11 @@ async fn reconcile_policy(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Resu
         ctx.metrics.set_rollouts(&ns, &name, &[]);
         return Ok(Action::await_change());
     };
-    let tapi: Api<Tenant> = Api::namespaced(ctx.client.clone(), &ns);
     let capi: Api<ImageChannel> = Api::namespaced(ctx.client.clone(), &ns);
-    let tenants: Vec<Tenant> = tapi
-        .list(&ListParams::default())
+    // The shared cache with our own target writes over it: no LIST per pass.
+    let tenants: Vec<Tenant> = ctx
+        .tenants_of(&ns)
         .await?
-        .items
         .into_iter()
         .filter(|t| t.spec.rollout_policy.as_deref() == Some(name.as_str()) && t.metadata.deletion_timestamp.is_none())
         .collect();
@@ -650,5 +665,59 @@ mod tests {
         assert!(c.iter().any(|c| c.type_ == ct::STALLED && c.status && c.message.contains("p00")));
         let c = policy_conditions(&[], None);
         assert!(c.iter().any(|c| c.type_ == ct::READY && c.status));
+    }
+
+    /// A production tenant verified on `digest`: its host serves it, healthy, and it is Ready.
+    fn verified(name: &str, digest: &str) -> Tenant {
+        let now = "2026-12-07T10:00:00Z";
+        serde_json::from_value(json!({
+            "apiVersion": "fleet.molecule.ai/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"slug": name, "instance": {"id": "i-1"}, "channel": "stable", "tier": "production",
+                     "rolloutPolicy": "p", "container": {}},
+            "status": {
+                "target": {"digest": digest, "image": format!("r/app@{digest}")},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Converged", "message": "m",
+                                "lastTransitionTime": now}],
+                "observed": {"activeSlot": "blue", "observedAt": now,
+                             "blue": {"digest": digest, "running": true, "health": "healthy"}}
+            }
+        }))
+        .unwrap()
+    }
+
+    /// The cache behind the coordinator's own write still shows the tenant verified on the old
+    /// digest; with the write over it, the tenant is moving to the new one (so it counts against
+    /// maxConcurrency and no second batch gets in), until the cache shows the write.
+    #[test]
+    fn a_cache_behind_our_own_target_write_never_shows_the_tenant_idle() {
+        let (old, new) = (format!("sha256:{}", "a".repeat(64)), format!("sha256:{}", "b".repeat(64)));
+        let cached = vec![verified("p1", &old), verified("p2", &old)];
+        assert_eq!(view(&cached[0]).state, State::Verified);
+        let target = Revision {
+            digest: new.clone(),
+            image: format!("r/app@{new}"),
+            env_revision: None,
+            source: Some("rollout/p".into()),
+            admitted_at: None,
+        };
+        let mut written = HashMap::from([(("ns".to_string(), "p1".to_string()), target.clone())]);
+
+        let mut seen = cached.clone();
+        overlay_written("ns", &mut seen, &mut written);
+        let p1 = view(&seen[0]);
+        assert_eq!((p1.target.as_deref(), &p1.state), (Some(new.as_str()), &State::Moving));
+        assert_eq!(view(&seen[1]).state, State::Verified, "a tenant not written to is as cached");
+        // Another namespace's tenant of the same name is not ours.
+        let mut other = cached.clone();
+        overlay_written("elsewhere", &mut other, &mut written);
+        assert_eq!(view(&other[0]).target.as_deref(), Some(old.as_str()));
+        assert_eq!(written.len(), 1);
+
+        // The cache caught up: it is read as it is, and the write is forgotten.
+        let mut caught_up = vec![verified("p1", &new)];
+        caught_up[0].status.as_mut().unwrap().target = Some(target);
+        overlay_written("ns", &mut caught_up, &mut written);
+        assert!(written.is_empty());
     }
 }

@@ -126,6 +126,11 @@ pub struct Context {
     policies_writer: std::sync::Mutex<Option<kube::runtime::reflector::store::Writer<crate::crd::RolloutPolicy>>>,
     /// The policy store holds a complete list (its watch is running and has listed once).
     policies_ready: std::sync::atomic::AtomicBool,
+    /// The Tenant controller's cache, while it runs: the coordinator decides from it (with
+    /// [`Context::targets_written`] over it) instead of a LIST per pass.
+    tenants: std::sync::Mutex<Option<kube::runtime::reflector::Store<crate::crd::Tenant>>>,
+    /// Each target the coordinator wrote, by (namespace, name), until the cache shows it.
+    targets_written: std::sync::Mutex<HashMap<(String, String), crate::crd::Revision>>,
 }
 
 impl Context {
@@ -153,7 +158,44 @@ impl Context {
             policies,
             policies_writer: std::sync::Mutex::new(Some(writer)),
             policies_ready: std::sync::atomic::AtomicBool::new(false),
+            tenants: std::sync::Mutex::new(None),
+            targets_written: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Shares (or, with `None`, withdraws) the Tenant controller's cache.
+    pub fn share_tenants(&self, store: Option<kube::runtime::reflector::Store<crate::crd::Tenant>>) {
+        *self.tenants.lock().unwrap_or_else(|e| e.into_inner()) = store;
+    }
+
+    /// The Tenants of `ns` as the coordinator must see them: the shared cache once it holds a
+    /// complete list (a LIST otherwise), each with the target the coordinator itself wrote last
+    /// where the cache does not show it yet. Only the coordinator writes targets, so its own last
+    /// write is the truth: a cache behind it can never make a moving tenant look idle and let a
+    /// second batch in.
+    pub async fn tenants_of(&self, ns: &str) -> Result<Vec<crate::crd::Tenant>, Error> {
+        use futures::FutureExt as _;
+        use kube::ResourceExt as _;
+        let store = self.tenants.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let cached = store.filter(|s| s.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok()));
+        let mut tenants: Vec<crate::crd::Tenant> = match cached {
+            Some(store) => {
+                store.state().iter().filter(|t| t.namespace().as_deref() == Some(ns)).map(|t| (**t).clone()).collect()
+            }
+            None => {
+                let api: kube::Api<crate::crd::Tenant> = kube::Api::namespaced(self.client.clone(), ns);
+                api.list(&kube::api::ListParams::default()).await?.items
+            }
+        };
+        let mut written = self.targets_written.lock().unwrap_or_else(|e| e.into_inner());
+        coordinator::overlay_written(ns, &mut tenants, &mut written);
+        Ok(tenants)
+    }
+
+    /// Remembers a target the coordinator wrote.
+    pub fn target_written(&self, ns: &str, tenant: &str, target: &crate::crd::Revision) {
+        let mut written = self.targets_written.lock().unwrap_or_else(|e| e.into_inner());
+        written.insert((ns.to_string(), tenant.to_string()), target.clone());
     }
 
     /// A RolloutPolicy, from the shared store once it holds a complete list (a GET before that,

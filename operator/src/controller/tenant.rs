@@ -50,6 +50,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         .applied_objects();
     let controller = Controller::for_stream(trigger, reader);
     let store = controller.store();
+    // The coordinator reads the same cache (no LIST of every tenant per rollout pass).
+    ctx.share_tenants(Some(store.clone()));
+    let _withdraw = Withdraw(ctx.clone());
     // Tenants by condition, from the controller's own cache (no extra API calls).
     let gauge_store = store.clone();
     let metrics = ctx.metrics.clone();
@@ -84,6 +87,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         })
         .await;
+}
+
+/// Withdraws the shared Tenant cache when the controller stops (its watch stops with it).
+struct Withdraw(Arc<Context>);
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        self.0.share_tenants(None);
+    }
 }
 
 /// Aborts a background task when dropped (the gauge stops with the controller).
