@@ -22,11 +22,12 @@ const OBSERVE: Duration = Duration::from_secs(2);
 /// Idle window, in observe intervals.
 const IDLE_INTERVALS: u32 = 8;
 
-/// Bounds (calls, all operations together). Measured (2 s poll): first apply 14 calls; an idle
+/// Bounds (calls, all operations together). Measured (2 s poll): first apply 13 calls; an idle
 /// observe cycle 5.3 = SendCommand + DescribeInstances + DescribeInstanceInformation + 2.3
 /// ListCommandInvocations (the command's result, listed at most once per poll interval however
-/// many reconciles ask). Before results were collected per command and a reconcile read its
-/// Tenant from the watch: 28 and 11. Headroom for one more poll or reconcile per cycle.
+/// many reconciles ask; one tenant follows one command at a time, so its scope is not swept).
+/// Before results were collected per command and a reconcile read its Tenant from the watch: 28
+/// and 11. Headroom for one more poll or reconcile per cycle.
 const MAX_FIRST_APPLY: u64 = 30;
 const MAX_PER_IDLE_CYCLE: f64 = 8.0;
 const MAX_SEND_PER_IDLE_CYCLE: f64 = 1.0;
