@@ -212,23 +212,30 @@ pub async fn event_reasons(bed: &Bed, name: &str) -> Vec<(String, String)> {
 }
 
 /// The host-side apply commands that moved a tenant to `digest`: (tenant, start, end), in seconds,
-/// joined by command id from the tenants' history to the simulator's timeline.
+/// joined by command id and instance from the tenants' history to the simulator's timeline (one
+/// command carries the applies of several tenants).
 async fn applies_of(bed: &Bed, digest: &str) -> Vec<(String, f64, f64)> {
     let list = bed.tenants().list(&ListParams::default()).await.unwrap();
-    let mut by_command = BTreeMap::new();
+    let mut by_invocation = BTreeMap::new();
     for t in &list.items {
-        for h in t.status.as_ref().map(|s| s.history.clone()).unwrap_or_default() {
+        let status = t.status.clone().unwrap_or_default();
+        let instance = status.instance_id.clone().unwrap_or_default();
+        for h in status.history {
             if h.digest.as_deref() == Some(digest)
                 && let Some(c) = h.command_id
             {
-                by_command.insert(c, t.metadata.name.clone().unwrap_or_default());
+                by_invocation.insert((c, instance.clone()), t.metadata.name.clone().unwrap_or_default());
             }
         }
     }
     let timeline = bed.stack.timeline().await.unwrap();
     let mut out = Vec::new();
     for r in timeline.as_array().unwrap() {
-        if let Some(name) = r["command_id"].as_str().and_then(|c| by_command.get(c)) {
+        let key = (
+            r["command_id"].as_str().unwrap_or_default().to_string(),
+            r["instance_id"].as_str().unwrap_or_default().to_string(),
+        );
+        if let Some(name) = by_invocation.get(&key) {
             let start = r["start"].as_f64().unwrap_or(f64::MAX);
             let end = r["end"].as_f64().unwrap_or(f64::MAX);
             out.push((name.clone(), start, end));
