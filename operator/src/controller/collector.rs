@@ -45,9 +45,15 @@ const SWEEP_SLACK: Duration = Duration::from_secs(60);
 #[derive(Default)]
 struct Listing {
     fetched: Option<Instant>,
-    /// Final invocations in the last listing.
-    completed: u32,
     by_instance: BTreeMap<String, ListedInvocation>,
+}
+
+impl Listing {
+    /// Invocations final in the last listing.
+    fn completed(&self) -> u32 {
+        let finals = self.by_instance.values().filter(|l| l.invocation.status.is_final()).count();
+        u32::try_from(finals).unwrap_or(u32::MAX)
+    }
 }
 
 struct Slot {
@@ -170,9 +176,9 @@ impl Collector {
     }
 
     /// How far `command_id` has got as of the scope's latest sweep, sweeping first when the last
-    /// one is old ([`Collector::sweep_every`]). With a single command followed, listing it is as cheap as a sweep and
-    /// tells more: no sweep. Also says how often the scope is swept now (a command listed on its
-    /// own is listed as often).
+    /// one is old ([`Collector::sweep_every`]). With a single command followed, listing it is as
+    /// cheap as a sweep and tells more: no sweep. Also says how often the scope is swept now (a
+    /// command listed on its own is listed as often).
     async fn progress(&self, aws: &dyn Aws, scope: &AwsScope, command_id: &str) -> Result<(Sweep, Duration), AwsError> {
         let board = lock(&self.boards).entry(scope.clone()).or_default().clone();
         let mut board = board.lock().await;
@@ -219,7 +225,7 @@ impl Collector {
                 let since_listed = listing.fetched.unwrap_or(slot.known).elapsed();
                 let list = match &sweep {
                     Sweep::Shows(p) => {
-                        (p.completed >= p.targets && p.completed > listing.completed)
+                        (p.completed >= p.targets && p.completed > listing.completed())
                             || since_listed >= self.relist_after
                     }
                     // Swept before the command was known: the next sweep will show it.
@@ -236,8 +242,7 @@ impl Collector {
                             listing.by_instance.insert(l.instance.clone(), l);
                         }
                     }
-                    let finals = listing.by_instance.values().filter(|l| l.invocation.status.is_final()).count();
-                    listing.completed = u32::try_from(finals).unwrap_or(u32::MAX);
+                    let finals = listing.completed() as usize;
                     slot.done.store(finals > 0 && finals == listing.by_instance.len(), Ordering::Relaxed);
                     listing.fetched = Some(Instant::now());
                 }
